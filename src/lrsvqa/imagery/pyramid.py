@@ -40,6 +40,7 @@ class Level:
         tile_size: Tile side ``B``.
         image_height: Height of the original image.
         image_width: Width of the original image.
+        fixed_grid: Tile grid to use instead of eq. 2 (an anyres grid), or None.
     """
 
     index: int
@@ -49,10 +50,13 @@ class Level:
     tile_size: int
     image_height: int
     image_width: int
+    fixed_grid: tuple[int, int] | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
-        """Tile grid ``(N_h, N_w)`` of eq. 2."""
+        """Tile grid ``(N_h, N_w)`` of eq. 2 (or the fixed grid)."""
+        if self.fixed_grid is not None:
+            return self.fixed_grid
         return math.ceil(self.height / self.tile_size), math.ceil(self.width / self.tile_size)
 
     @property
@@ -297,5 +301,26 @@ def build_pyramid(
         tile_size=tile_size,
         min_short_side=min_short_side,
         levels=levels,
+        thumbnail=Thumbnail(tile_size, height, width),
+    )
+
+
+def grid_geometry(
+    height: int, width: int, grid: tuple[int, int], tile_size: int = DEFAULT_TILE_SIZE
+) -> PyramidGeometry:
+    """A single-level geometry on a given tile grid (e.g. an anyres grid, no DIP).
+
+    The image is resized by eq. 3's rule (fit inside the grid, aspect kept) and padded,
+    which is how LLaVA-NeXT fits an image into its chosen grid resolution.
+    """
+    if grid[0] < 1 or grid[1] < 1:
+        raise ValueError(f"grid must be at least 1x1, got {grid}")
+    level = Level(0, 1, height, width, tile_size, height, width, fixed_grid=tuple(grid))
+    return PyramidGeometry(
+        image_height=height,
+        image_width=width,
+        tile_size=tile_size,
+        min_short_side=min(height, width),
+        levels=(level,),
         thumbnail=Thumbnail(tile_size, height, width),
     )

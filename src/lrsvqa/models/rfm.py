@@ -1,0 +1,280 @@
+"""Region Focus Module (RFM), paper section 4.1.2.
+
+R decoder layers of the LLM's own class, initialised as copies of a sparse subset
+``{m_1 < ... < m_R}`` of the LLM's layers. It reads the same embedded sequence
+``[system, vision tokens, text]`` as the LLM and predicts the attention of the last
+text token over the vision tokens, so that tiles can be chosen and tokens pruned
+*before* the LLM sees them.
+
+Training-free mode (beyond the paper) uses the selected LLM layers themselves, so
+any LLaVA checkpoint works without a distilled RFM.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.attention import layer_attention_rows
+
+DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
+WEIGHTS_NAME = "rfm.safetensors"
+CONFIG_NAME = "rfm_config.json"
+
+
+class RFMLoadError(ValueError):
+    """An RFM checkpoint does not fit the LLM it is loaded for."""
+
+
+def default_layer_indices(num_llm_layers: int, num_rfm_layers: int = 4) -> tuple[int, ...]:
+    """Sparse layer subset: the paper's (1, 5, 11, 14) scaled to the LLM depth.
+
+    The paper uses LLM layers 1, 5, 11 and 14 of 28 (Qwen2-7B) / 32 (Vicuna-7B). For a
+    model of another depth we keep the same relative positions (first half of the LLM).
+    """
+    if num_llm_layers <= num_rfm_layers:
+        return tuple(range(num_llm_layers))
+    if num_llm_layers >= 15 and num_rfm_layers == len(DEFAULT_RFM_LAYERS):
+        return DEFAULT_RFM_LAYERS
+    fractions = [m / 28 for m in DEFAULT_RFM_LAYERS][:num_rfm_layers]
+    indices: list[int] = []
+    for fraction in fractions:
+        index = min(num_llm_layers - 1, max(round(fraction * num_llm_layers), 0))
+        while index in indices and index < num_llm_layers - 1:
+            index += 1
+        indices.append(index)
+    return tuple(sorted(set(indices)))
+
+
+@dataclass
+class RFMConfig:
+    """What an RFM checkpoint records about itself and the LLM it belongs to."""
+
+    base_model: str
+    layer_indices: list[int]
+    text_model_type: str
+    hidden_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_llm_layers: int
+    distill_pairs: list[list[int]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """Write as JSON."""
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RFMConfig:
+        """Read from JSON, naming the file on error."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise RFMLoadError(f"{path}: not a valid RFM config ({error})") from error
+
+
+def _text_config_summary(adapter: LlavaAdapter) -> dict:
+    text = adapter.config.text_config
+    return {
+        "text_model_type": text.model_type,
+        "hidden_size": text.hidden_size,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": getattr(text, "num_key_value_heads", text.num_attention_heads),
+        "num_llm_layers": text.num_hidden_layers,
+    }
+
+
+class RegionFocusModule(nn.Module):
+    """A few decoder layers that predict the LLM's text-to-vision attention.
+
+    Args:
+        layers: The R decoder layers (copies of, or in training-free mode the very same,
+            LLM layers).
+        rotary_emb: The LLM's rotary embedding module (parameter-free, shared).
+        text_config: The LLM's config (for the causal mask).
+        config: The RFM config.
+    """
+
+    def __init__(
+        self, layers: nn.ModuleList, rotary_emb: nn.Module, text_config, config: RFMConfig
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        self.rfm_config = config
+        # Held outside the module tree: shared with the LLM, never trained or saved here.
+        self._rotary_emb = [rotary_emb]
+        self._text_config = text_config
+
+    @classmethod
+    def from_llm(
+        cls,
+        adapter: LlavaAdapter,
+        layer_indices: tuple[int, ...] | list[int] | None = None,
+        *,
+        training_free: bool = False,
+        base_model: str = "",
+    ) -> RegionFocusModule:
+        """Initialise from a sparse subset of the LLM's layers.
+
+        Args:
+            adapter: The loaded model.
+            layer_indices: Increasing LLM layer indices ``m_1 < ... < m_R``.
+            training_free: Share the LLM's own layers instead of copying them.
+            base_model: Name or path of the base model, recorded in the config.
+        """
+        num_llm_layers = len(adapter.decoder_layers)
+        indices = list(layer_indices or default_layer_indices(num_llm_layers))
+        if sorted(set(indices)) != indices or indices[0] < 0 or indices[-1] >= num_llm_layers:
+            raise ValueError(
+                f"RFM layer indices must be strictly increasing within 0..{num_llm_layers - 1}, "
+                f"got {indices}"
+            )
+        source = [adapter.decoder_layers[i] for i in indices]
+        layers = nn.ModuleList(source if training_free else [copy.deepcopy(m) for m in source])
+        config = RFMConfig(
+            base_model=str(base_model), layer_indices=indices, **_text_config_summary(adapter)
+        )
+        return cls(layers, adapter.language_model.rotary_emb, adapter.config.text_config, config)
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per layer."""
+        return self.rfm_config.num_attention_heads
+
+    def prepare(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+        """Position ids, rotary embeddings and causal mask for a batch of embeddings."""
+        batch, n, _ = inputs_embeds.shape
+        position_ids = torch.arange(n, device=inputs_embeds.device)[None].expand(batch, -1)
+        position_embeddings = self._rotary_emb[0](inputs_embeds, position_ids)
+        mask = create_causal_mask(
+            config=self._text_config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=None,
+            position_ids=position_ids,
+        )
+        return position_ids, position_embeddings, mask
+
+    def layer_inputs(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        upto: int | None = None,
+    ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Hidden states entering RFM layers ``0..upto`` (default: all R layers).
+
+        Only the layers before the last requested one are run in full: the last layer
+        contributes only its attention rows, which need only its input.
+        """
+        upto = len(self.layers) - 1 if upto is None else upto
+        position_ids, position_embeddings, mask = self.prepare(inputs_embeds, attention_mask)
+        hidden = inputs_embeds
+        inputs = [hidden]
+        for layer in self.layers[:upto]:
+            output = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position_ids,
+                position_embeddings=position_embeddings,
+            )
+            hidden = output[0] if isinstance(output, tuple) else output
+            inputs.append(hidden)
+        return inputs, position_embeddings
+
+    def attention_rows(
+        self,
+        inputs_embeds: torch.Tensor,
+        query_positions: torch.Tensor,
+        layers: list[int] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Per-head attention rows (batch, heads, j, n) of the queries at RFM layers.
+
+        Args:
+            inputs_embeds: (batch, n, hidden) embedded multimodal sequence.
+            query_positions: (batch, j) query indices, e.g. the last text token of each turn.
+            layers: RFM layer indices to report (default: the last one).
+            attention_mask: Optional (batch, n) padding mask, 1 for real tokens.
+        """
+        layers = [len(self.layers) - 1] if layers is None else layers
+        inputs, position_embeddings = self.layer_inputs(
+            inputs_embeds, attention_mask, upto=max(layers)
+        )
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        return {
+            r: layer_attention_rows(
+                self.layers[r], inputs[r], query_positions, position_embeddings, key_mask
+            )
+            for r in layers
+        }
+
+    @torch.no_grad()
+    def vision_scores(self, inputs_embeds: torch.Tensor, vision_slice: slice) -> torch.Tensor:
+        """Head-averaged attention of the last token over the vision tokens (last RFM layer).
+
+        Args:
+            inputs_embeds: (1, n, hidden) embedded sequence ending with the question.
+            vision_slice: Where the vision tokens sit in the sequence.
+
+        Returns:
+            Float32 tensor of one score per vision token.
+        """
+        last = torch.tensor([[inputs_embeds.shape[1] - 1]], device=inputs_embeds.device)
+        rows = self.attention_rows(inputs_embeds, last)[len(self.layers) - 1]
+        return rows[0, :, 0, vision_slice].mean(dim=0)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, out_dir: str | Path) -> Path:
+        """Save weights (safetensors) and config (JSON) into ``out_dir``."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.layers.state_dict().items()}
+        save_file(state, str(out_dir / WEIGHTS_NAME))
+        self.rfm_config.save(out_dir / CONFIG_NAME)
+        return out_dir
+
+    @classmethod
+    def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
+        """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
+        rfm_dir = Path(rfm_dir)
+        config_path, weights_path = rfm_dir / CONFIG_NAME, rfm_dir / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise RFMLoadError(f"{rfm_dir}: missing {path.name}; is this an RFM directory?")
+        config = RFMConfig.load(config_path)
+        expected = _text_config_summary(adapter)
+        mismatched = {
+            k: (getattr(config, k), v) for k, v in expected.items() if getattr(config, k) != v
+        }
+        if mismatched:
+            details = ", ".join(
+                f"{k}: RFM has {a}, LLM has {b}" for k, (a, b) in mismatched.items()
+            )
+            raise RFMLoadError(f"{rfm_dir}: RFM does not match this LLM ({details})")
+        module = cls.from_llm(adapter, config.layer_indices, base_model=config.base_model)
+        module.rfm_config = config
+        try:
+            state = load_file(str(weights_path), device=str(adapter.device))
+        except Exception as error:  # safetensors raises its own error types
+            raise RFMLoadError(f"{weights_path}: unreadable safetensors file ({error})") from error
+        own = module.layers.state_dict()
+        problems = sorted(set(own) ^ set(state))
+        problems += [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
+        ]
+        if problems:
+            raise RFMLoadError(f"{weights_path}: weights do not fit the LLM: {problems[:5]}")
+        module.layers.load_state_dict(state)
+        return module.to(adapter.dtype)

@@ -1,0 +1,316 @@
+"""Coarse-to-fine text-guided tile selection and token pruning (paper Alg. 1).
+
+Start from the thumbnail and the coarsest DIP level; the RFM scores that level's
+high-resolution tokens; keep the top-alpha proportion; if a finer level exists, map
+the kept tokens to the tiles of the next level that cover the same ground and encode
+only those; if more than ``max_tiles`` tiles would be needed, or at the last level,
+prune to the kept tokens and stop. The LLM then sees ``[thumbnail tokens, retained
+tokens in spatial order, text]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lrsvqa.imagery.pyramid import Box, PyramidGeometry
+from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.models.rfm import RegionFocusModule
+
+DEFAULT_ALPHA = 0.25
+DEFAULT_MAX_TILES = 80
+
+
+class TileSource(Protocol):
+    """Where tiles come from: a :class:`lrsvqa.imagery.tiles.PyramidReader` or equivalent."""
+
+    geometry: PyramidGeometry
+
+    def tile(self, level_index: int, row: int, col: int) -> np.ndarray:
+        """The B x B uint8 RGB tile."""
+        ...
+
+    def thumbnail(self) -> np.ndarray:
+        """The B x B uint8 RGB thumbnail."""
+        ...
+
+
+@dataclass(frozen=True)
+class CoarseToFineConfig:
+    """Options of Alg. 1.
+
+    Attributes:
+        alpha: Proportion of high-resolution tokens kept at each level (top-alpha).
+        max_tiles: ``N_max``: stop descending when more next-level tiles are needed.
+        fixed_layers: Fix the number of DIP layers reached, thumbnail included (paper
+            Tab. 6: 2 = thumbnail + level 1). Descends regardless of ``max_tiles`` and
+            stops at the last level of shallower pyramids. None = dynamic (Alg. 1).
+        max_new_tokens: Generation budget.
+    """
+
+    alpha: float = DEFAULT_ALPHA
+    max_tiles: int = DEFAULT_MAX_TILES
+    fixed_layers: int | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
+        if self.fixed_layers is not None and self.fixed_layers < 2:
+            raise ValueError(
+                f"fixed_layers counts the thumbnail and must be >= 2, got {self.fixed_layers}"
+            )
+
+
+@dataclass
+class LevelTrace:
+    """What happened at one DIP level."""
+
+    level: int
+    downsample: int
+    grid: tuple[int, int]
+    tiles_available: int
+    tiles_encoded: list[tuple[int, int]]
+    tokens_encoded: int
+    tokens_kept: int
+    decision: str
+    next_tiles: list[tuple[int, int]] = field(default_factory=list)
+    tile_boxes: list[Box] = field(default_factory=list)
+
+
+@dataclass
+class CoarseToFineResult:
+    """Answer plus the trace of where the model looked."""
+
+    answer: str
+    levels: list[LevelTrace]
+    thumbnail_tokens: int
+    retained_tokens: int
+    vision_tokens_to_llm: int
+    sequence_length: int
+    vision_tokens_encoded: int
+    final_level: int
+    retained_positions: list[tuple[int, int]]
+    coarse_scores: np.ndarray | None = None
+
+    @property
+    def selected_boxes(self) -> list[Box]:
+        """Original-image boxes of the tiles encoded at the finest level reached."""
+        return self.levels[-1].tile_boxes if self.levels else []
+
+    def trace_dict(self) -> dict[str, Any]:
+        """JSON-ready trace (no arrays)."""
+        return {
+            "levels": [asdict(level) for level in self.levels],
+            "thumbnail_tokens": self.thumbnail_tokens,
+            "retained_tokens": self.retained_tokens,
+            "vision_tokens_to_llm": self.vision_tokens_to_llm,
+            "sequence_length": self.sequence_length,
+            "vision_tokens_encoded": self.vision_tokens_encoded,
+            "final_level": self.final_level,
+        }
+
+
+def _rounded(box: Box) -> Box:
+    """Pixel box rounded to 0.1 px for readable traces."""
+    return tuple(round(v, 1) for v in box)
+
+
+def tile_token_positions(tiles: list[tuple[int, int]], tokens_per_side: int) -> np.ndarray:
+    """Global token-grid ``(row, col)`` of every token of the given tiles, tile-major.
+
+    Token ``t`` of tile ``(r, c)`` sits at ``(r * g + t // g, c * g + t % g)``.
+    """
+    g = tokens_per_side
+    local = np.stack(np.divmod(np.arange(g * g), g), axis=1)
+    if not tiles:
+        return np.zeros((0, 2), dtype=np.int64)
+    origins = np.asarray(tiles, dtype=np.int64) * g
+    return (origins[:, None, :] + local[None]).reshape(-1, 2)
+
+
+def top_alpha(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Indices of the top ``ceil(alpha * n)`` scores (at least one), ties broken by index."""
+    count = max(1, math.ceil(alpha * scores.numel()))
+    order = torch.argsort(-scores.float(), stable=True)
+    return order[:count]
+
+
+def layout_vision_tokens(
+    tokens: torch.Tensor,
+    positions: np.ndarray,
+    thumbnail: torch.Tensor,
+    newline: torch.Tensor | None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Arrange ``[thumbnail, high-res tokens in raster order (+ newline per row)]``.
+
+    With every token of a full grid kept this is exactly LLaVA-NeXT's anyres layout
+    (base features, then the grid row by row, each row closed by ``image_newline``).
+
+    Args:
+        tokens: (m, hidden) high-resolution tokens.
+        positions: (m, 2) their global grid positions.
+        thumbnail: (t, hidden) thumbnail tokens.
+        newline: The model's end-of-row embedding, or None.
+
+    Returns:
+        ``(sequence, hr_index, order)``: the vision sequence, the index of each sorted
+        high-res token inside it, and the raster order applied to ``tokens``.
+    """
+    order = np.lexsort((positions[:, 1], positions[:, 0])) if len(positions) else np.zeros(0, int)
+    sorted_tokens = tokens[torch.as_tensor(order, dtype=torch.long, device=tokens.device)]
+    pieces = [thumbnail]
+    hr_index = np.zeros(len(order), dtype=np.int64)
+    cursor = thumbnail.shape[0]
+    rows = positions[order, 0] if len(order) else np.zeros(0, int)
+    boundaries = np.flatnonzero(np.diff(rows)) + 1 if len(rows) else np.zeros(0, int)
+    for chunk_start, chunk_end in zip(
+        np.concatenate([[0], boundaries]).astype(int),
+        np.concatenate([boundaries, [len(rows)]]).astype(int),
+        strict=True,
+    ):
+        if chunk_end <= chunk_start:
+            continue
+        pieces.append(sorted_tokens[chunk_start:chunk_end])
+        hr_index[chunk_start:chunk_end] = np.arange(cursor, cursor + chunk_end - chunk_start)
+        cursor += chunk_end - chunk_start
+        if newline is not None:
+            pieces.append(newline[None].to(tokens.dtype))
+            cursor += 1
+    return torch.cat(pieces, dim=0), hr_index, order
+
+
+class CoarseToFine:
+    """Alg. 1 over a loaded model, an RFM and a tile source.
+
+    Args:
+        adapter: The LLaVA-family model.
+        rfm: The Region Focus Module (trained, or training-free).
+        config: Alg. 1 options.
+    """
+
+    def __init__(
+        self, adapter: LlavaAdapter, rfm: RegionFocusModule, config: CoarseToFineConfig
+    ) -> None:
+        self.adapter = adapter
+        self.rfm = rfm
+        self.config = config
+
+    def _last_level(self, geometry: PyramidGeometry) -> int:
+        if self.config.fixed_layers is None:
+            return geometry.num_levels - 1
+        return min(self.config.fixed_layers - 1, geometry.num_levels) - 1
+
+    @torch.no_grad()
+    def run(self, source: TileSource, question: str) -> CoarseToFineResult:
+        """Answer ``question`` about the image behind ``source``."""
+        adapter, config, geometry = self.adapter, self.config, source.geometry
+        g = adapter.tokens_per_side
+        prompt = adapter.prompt_parts(question)
+        thumbnail = adapter.encode_tiles([source.thumbnail()])[0]
+        newline = adapter.image_newline
+        last_level = self._last_level(geometry)
+        forced = config.fixed_layers is not None
+        level_index = 0
+        tiles = geometry.levels[0].tiles()
+        traces: list[LevelTrace] = []
+        encoded_total = thumbnail.shape[0]
+        coarse_scores = None
+        while True:
+            level = geometry.levels[level_index]
+            hr = adapter.encode_tiles([source.tile(level_index, r, c) for r, c in tiles])
+            hr = hr.reshape(-1, adapter.hidden_size)
+            positions = tile_token_positions(tiles, g)
+            encoded_total += hr.shape[0]
+            sequence, hr_index, order = layout_vision_tokens(hr, positions, thumbnail, newline)
+            embeds, vision_slice = adapter.assemble(prompt, sequence)
+            sorted_positions = positions[order]
+            scores = self.score_level(embeds, vision_slice, hr_index, level_index, sorted_positions)
+            if level_index == 0:
+                coarse_scores = self._score_map(level.token_grid(g), sorted_positions, scores)
+            keep = top_alpha(scores, config.alpha).cpu().numpy()
+            trace = LevelTrace(
+                level=level_index + 1,
+                downsample=level.downsample,
+                grid=level.grid,
+                tiles_available=level.num_tiles,
+                tiles_encoded=list(tiles),
+                tokens_encoded=int(hr.shape[0]),
+                tokens_kept=len(keep),
+                decision="prune",
+                tile_boxes=[_rounded(level.tile_image_box(r, c)) for r, c in tiles],
+            )
+            traces.append(trace)
+            if level_index < last_level:
+                kept_positions = [tuple(p) for p in sorted_positions[keep].tolist()]
+                next_tiles = geometry.next_level_tiles(level_index, kept_positions, g)
+                trace.next_tiles = next_tiles
+                if not next_tiles:
+                    trace.decision = "prune (kept tokens cover only padding)"
+                elif forced or len(next_tiles) <= config.max_tiles:
+                    trace.decision = "descend"
+                    tiles = next_tiles
+                    level_index += 1
+                    continue
+                else:
+                    trace.decision = f"prune (next level needs {len(next_tiles)} > N_max tiles)"
+            break
+        hr_sorted = hr[torch.as_tensor(order, dtype=torch.long)]
+        keep_sorted = np.sort(keep)
+        retained = hr_sorted[torch.as_tensor(keep_sorted, dtype=torch.long)]
+        retained_positions = sorted_positions[keep_sorted]
+        final_sequence, _, _ = layout_vision_tokens(
+            retained, retained_positions, thumbnail, newline
+        )
+        embeds, _ = adapter.assemble(prompt, final_sequence)
+        answer = adapter.generate(embeds, config.max_new_tokens)
+        return CoarseToFineResult(
+            answer=answer,
+            levels=traces,
+            thumbnail_tokens=int(thumbnail.shape[0]),
+            retained_tokens=int(retained.shape[0]),
+            vision_tokens_to_llm=int(final_sequence.shape[0]),
+            sequence_length=int(embeds.shape[1]),
+            vision_tokens_encoded=int(encoded_total),
+            final_level=level_index + 1,
+            retained_positions=[tuple(p) for p in retained_positions.tolist()],
+            coarse_scores=coarse_scores,
+        )
+
+    def score_level(
+        self,
+        embeds: torch.Tensor,
+        vision_slice: slice,
+        hr_index: np.ndarray,
+        level_index: int,
+        positions: np.ndarray,
+    ) -> torch.Tensor:
+        """Normalised RFM scores of a level's high-resolution tokens (Alg. 1 lines 3-4).
+
+        Args:
+            embeds: The assembled sequence ``[system, thumbnail, level tokens, text]``.
+            vision_slice: Where the vision tokens sit in it.
+            hr_index: Index of each high-resolution token inside the vision tokens.
+            level_index: The level being scored (0 = coarsest).
+            positions: Global grid positions of those tokens, aligned with ``hr_index``.
+
+        Returns:
+            One score per high-resolution token, summing to one.
+        """
+        scores = self.rfm.vision_scores(embeds, vision_slice)[torch.as_tensor(hr_index)]
+        return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)
+
+    @staticmethod
+    def _score_map(
+        grid: tuple[int, int], positions: np.ndarray, scores: torch.Tensor
+    ) -> np.ndarray:
+        """Scatter token scores into the level's token grid (for the attention overlay)."""
+        score_map = np.zeros(grid, dtype=np.float32)
+        score_map[positions[:, 0], positions[:, 1]] = scores.float().cpu().numpy()
+        return score_map
