@@ -1,0 +1,233 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from tests.tiny_models import ArraySource, random_image, tiny_adapter
+
+from lrsvqa.imagery.pyramid import build_pyramid, grid_geometry
+from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.pruning.coarse_to_fine import (
+    CoarseToFine,
+    CoarseToFineConfig,
+    layout_vision_tokens,
+    tile_token_positions,
+    top_alpha,
+)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return tiny_adapter()
+
+
+@pytest.fixture(scope="module")
+def rfm(adapter):
+    return RegionFocusModule.from_llm(adapter, training_free=True)
+
+
+class CapturingC2F(CoarseToFine):
+    """Records the embeddings handed to generation."""
+
+    def run(self, source, question):
+        fed = []
+        original = self.adapter.generate
+
+        def capture(embeds, max_new_tokens):
+            fed.append(embeds)
+            return original(embeds, max_new_tokens)
+
+        self.adapter.generate = capture
+        try:
+            result = super().run(source, question)
+        finally:
+            del self.adapter.generate
+        self.fed = fed[0]
+        return result
+
+
+class PlantedC2F(CapturingC2F):
+    """Replaces RFM scores with a peak on the tokens covering a ground point."""
+
+    def __init__(self, *args, target, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.target = target
+
+    def score_level(self, embeds, vision_slice, hr_index, level_index, positions):
+        level = self.source_geometry.levels[level_index]
+        g = self.adapter.tokens_per_side
+        scores = torch.full((len(positions),), 1e-6)
+        x, y = self.target
+        for i, (row, col) in enumerate(positions):
+            x0, y0, x1, y1 = level.token_image_box(row, col, g)
+            if x0 <= x < x1 and y0 <= y < y1:
+                scores[i] = 1.0
+        return scores / scores.sum()
+
+    def run(self, source, question):
+        self.source_geometry = source.geometry
+        return super().run(source, question)
+
+
+def test_alpha_one_single_level_equals_vanilla_llava_next_generation(adapter, rfm):
+    image = random_image(672, 672)
+    source = ArraySource(image)
+    assert source.geometry.num_levels == 1 and source.geometry.levels[0].grid == (2, 2)
+    config = CoarseToFineConfig(alpha=1.0, max_new_tokens=8)
+    result = CoarseToFine(adapter, rfm, config).run(source, "what color is the ship?")
+
+    processor, model = adapter.processor, adapter.model
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "what color is the ship?"}],
+        }
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    from PIL import Image
+
+    inputs = processor(images=Image.fromarray(image), text=text, return_tensors="pt")
+    tiles = [source.thumbnail()] + [
+        source.tile(0, r, c) for r, c in source.geometry.levels[0].tiles()
+    ]
+    pixel_values = adapter.pixel_values(tiles)[None]
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            pixel_values=pixel_values,
+            image_sizes=inputs.image_sizes,
+            max_new_tokens=8,
+            do_sample=False,
+        )
+    vanilla = processor.tokenizer.decode(
+        output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True
+    ).strip()
+    assert result.answer == vanilla
+    assert result.sequence_length == inputs.input_ids.shape[1]
+
+
+def test_planted_peak_selects_covering_tiles(adapter, rfm):
+    image = random_image(4000, 3000)
+    source = ArraySource(image)
+    target = (2500.0, 3300.0)
+    c2f = PlantedC2F(adapter, rfm, CoarseToFineConfig(alpha=0.01), target=target)
+    result = c2f.run(source, "what color is the ship?")
+    assert [t.decision for t in result.levels] == ["descend", "descend", "prune"]
+    for trace in result.levels:
+        covered = any(
+            x0 <= target[0] < x1 and y0 <= target[1] < y1 for x0, y0, x1, y1 in trace.tile_boxes
+        )
+        assert covered, f"level {trace.level} tiles miss the planted target"
+    # Each descent asks only for the tiles under the few kept tokens.
+    assert len(result.levels[1].tiles_encoded) <= 4
+    assert len(result.levels[2].tiles_encoded) <= 4
+    assert set(result.levels[1].tiles_encoded) == set(result.levels[0].next_tiles)
+    assert result.selected_boxes == result.levels[-1].tile_boxes
+
+
+def test_max_tiles_stops_and_prunes_at_current_level(adapter, rfm):
+    source = ArraySource(random_image(2016, 2016))
+    config = CoarseToFineConfig(alpha=0.5, max_tiles=2)
+    c2f = CapturingC2F(adapter, rfm, config)
+    result = c2f.run(source, "how many ships are there?")
+    assert len(result.levels) == 1
+    assert result.levels[0].decision.startswith("prune (next level needs")
+    assert len(result.levels[0].next_tiles) > 2
+    assert result.retained_tokens == math.ceil(0.5 * 9 * adapter.tokens_per_tile)
+    assert set(source.requests) == {(0, r, c) for r in range(3) for c in range(3)}
+
+
+def test_last_level_prunes(adapter, rfm):
+    source = ArraySource(random_image(2016, 2016))
+    result = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.25)).run(source, "what is it?")
+    assert [t.level for t in result.levels] == [1, 2]
+    assert result.levels[-1].decision == "prune"
+    assert result.final_level == 2
+    encoded = result.levels[-1].tokens_encoded
+    assert result.retained_tokens == math.ceil(0.25 * encoded)
+    assert encoded == len(result.levels[-1].tiles_encoded) * adapter.tokens_per_tile
+
+
+@pytest.mark.parametrize("size", [(100, 50), (1, 1), (336, 336)])
+def test_images_smaller_than_a_tile(adapter, rfm, size):
+    source = ArraySource(random_image(*size))
+    result = CapturingC2F(adapter, rfm, CoarseToFineConfig()).run(source, "what is it?")
+    assert len(result.levels) == 1 and result.levels[0].tiles_encoded == [(0, 0)]
+    assert result.retained_tokens == math.ceil(0.25 * adapter.tokens_per_tile)
+
+
+def test_extreme_aspect_ratio(adapter, rfm):
+    source = ArraySource(random_image(27328, 600))
+    result = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.05)).run(source, "what?")
+    assert result.levels[0].grid == (82, 2)
+    assert all(
+        0 <= x0 < x1 <= 600 and 0 <= y0 < y1 <= 27328
+        for x0, y0, x1, y1 in result.levels[0].tile_boxes
+    )
+
+
+def test_trace_counts_match_sequence_fed_to_llm(adapter, rfm):
+    source = ArraySource(random_image(4000, 3000))
+    c2f = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.1))
+    result = c2f.run(source, "what color is the ship?")
+    prompt = adapter.prompt_parts("what color is the ship?")
+    text_tokens = len(prompt.prefix_ids) + len(prompt.suffix_ids)
+    rows_with_tokens = len({row for row, _ in result.retained_positions})
+    assert c2f.fed.shape[1] == result.sequence_length
+    assert result.vision_tokens_to_llm == (
+        result.thumbnail_tokens + result.retained_tokens + rows_with_tokens
+    )  # one image_newline per row
+    assert result.sequence_length == result.vision_tokens_to_llm + text_tokens
+    assert result.vision_tokens_encoded == result.thumbnail_tokens + sum(
+        t.tokens_encoded for t in result.levels
+    )
+    assert result.retained_tokens == result.levels[-1].tokens_kept
+
+
+def test_fixed_layers_forces_depth_and_clamps(adapter, rfm):
+    source = ArraySource(random_image(4000, 3000))
+    two = CapturingC2F(adapter, rfm, CoarseToFineConfig(fixed_layers=2)).run(source, "what?")
+    assert two.final_level == 1
+    forced = CoarseToFineConfig(alpha=0.5, max_tiles=1, fixed_layers=9)
+    deep = CapturingC2F(adapter, rfm, forced).run(source, "what?")
+    assert deep.final_level == source.geometry.num_levels == 3
+
+
+def test_prune_without_dip_on_a_grid(adapter, rfm):
+    image = random_image(1000, 1500)
+    source = ArraySource(image, grid_geometry(1000, 1500, (2, 3)))
+    result = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.75)).run(source, "what?")
+    assert len(result.levels) == 1 and result.levels[0].grid == (2, 3)
+    assert result.retained_tokens == math.ceil(0.75 * 6 * adapter.tokens_per_tile)
+
+
+def test_llava_1_5_and_qwen2_models_run():
+    for kind, family in (("llava", "llama"), ("llava_next", "qwen2")):
+        adapter = tiny_adapter(kind=kind, family=family)
+        rfm = RegionFocusModule.from_llm(adapter, [0, 2])
+        source = ArraySource(random_image(1200, 900))
+        result = CapturingC2F(adapter, rfm, CoarseToFineConfig()).run(source, "what?")
+        newline_rows = len({r for r, _ in result.retained_positions}) if kind == "llava_next" else 0
+        assert result.vision_tokens_to_llm == (
+            result.thumbnail_tokens + result.retained_tokens + newline_rows
+        )
+
+
+def test_helpers():
+    positions = tile_token_positions([(1, 2)], 2)
+    assert positions.tolist() == [[2, 4], [2, 5], [3, 4], [3, 5]]
+    assert top_alpha(torch.tensor([0.1, 0.5, 0.2, 0.2]), 0.5).tolist() == [1, 2]
+    assert top_alpha(torch.tensor([0.3, 0.7]), 0.01).tolist() == [1]
+    tokens = torch.arange(4.0)[:, None]
+    sequence, index, order = layout_vision_tokens(
+        tokens,
+        np.array([[1, 0], [0, 1], [0, 0], [1, 1]]),
+        torch.full((1, 1), -1.0),
+        torch.tensor([9.0]),
+    )
+    assert sequence[:, 0].tolist() == [-1, 2, 1, 9, 0, 3, 9]
+    assert index.tolist() == [1, 2, 4, 5] and order.tolist() == [2, 1, 0, 3]
+    with pytest.raises(ValueError):
+        CoarseToFineConfig(alpha=0)
+    assert build_pyramid(4000, 3000).num_levels == 3
