@@ -3,7 +3,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tests.tiny_models import ArraySource, random_image, tiny_adapter
 
 from lrsvqa.imagery.pyramid import build_pyramid, grid_geometry
 from lrsvqa.models.rfm import RegionFocusModule
@@ -14,6 +13,7 @@ from lrsvqa.pruning.coarse_to_fine import (
     tile_token_positions,
     top_alpha,
 )
+from tests.tiny_models import ArraySource, random_image, tiny_adapter
 
 
 @pytest.fixture(scope="module")

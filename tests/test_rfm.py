@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from tests.tiny_models import WORDS, random_image, tiny_adapter
 
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import (
@@ -13,6 +12,7 @@ from lrsvqa.models.rfm import (
     default_layer_indices,
 )
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from tests.tiny_models import WORDS, random_image, tiny_adapter
 
 
 def _sequence(adapter: LlavaAdapter, tiles: int = 3):
@@ -77,7 +77,9 @@ def test_copies_are_independent_of_the_llm_but_training_free_shares():
     shared = RegionFocusModule.from_llm(adapter, [1, 3], training_free=True)
     assert shared.layers[0] is adapter.decoder_layers[1]
     assert copied.layers[0] is not adapter.decoder_layers[1]
-    for p_copy, p_llm in zip(copied.layers[0].parameters(), adapter.decoder_layers[1].parameters()):
+    for p_copy, p_llm in zip(
+        copied.layers[0].parameters(), adapter.decoder_layers[1].parameters(), strict=True
+    ):
         assert torch.equal(p_copy, p_llm)
         assert p_copy.data_ptr() != p_llm.data_ptr()
 
