@@ -1,0 +1,101 @@
+"""High-level entry points: load a model with its RFM and ask a question about an image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.pruning.coarse_to_fine import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
+
+
+@dataclass
+class LoadedModel:
+    """A model adapter and the RFM that guides it."""
+
+    adapter: LlavaAdapter
+    rfm: RegionFocusModule
+    training_free: bool
+
+
+def load_model(
+    model: str | Path,
+    rfm: str | Path | None = None,
+    *,
+    rfm_layers: list[int] | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> LoadedModel:
+    """Load a LLaVA checkpoint and a trained RFM, or the training-free RFM when none is given.
+
+    Args:
+        model: Checkpoint folder or hub id.
+        rfm: Folder written by ``RegionFocusModule.save`` (``lrsvqa distill --out``).
+        rfm_layers: LLM layers for the training-free RFM (default: scaled (1, 5, 11, 14)).
+        dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
+        device: Torch device.
+    """
+    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+    if rfm is not None:
+        return LoadedModel(adapter, RegionFocusModule.load(rfm, adapter), training_free=False)
+    module = RegionFocusModule.from_llm(
+        adapter, rfm_layers, training_free=True, base_model=str(model)
+    )
+    return LoadedModel(adapter, module, training_free=True)
+
+
+def ask(
+    loaded: LoadedModel,
+    image: str | Path,
+    question: str,
+    config: CoarseToFineConfig | None = None,
+    *,
+    min_short_side: int = 1008,
+    **reader_options,
+) -> tuple[CoarseToFineResult, object]:
+    """Answer ``question`` about ``image`` with coarse-to-fine inference.
+
+    Returns:
+        The result (answer + trace) and the opened ``PyramidReader`` (for overlays).
+    """
+    from lrsvqa.imagery.tiles import PyramidReader
+
+    reader = PyramidReader.open(
+        image, tile_size=loaded.adapter.tile_size, min_short_side=min_short_side, **reader_options
+    )
+    c2f = CoarseToFine(loaded.adapter, loaded.rfm, config or CoarseToFineConfig())
+    return c2f.run(reader, question), reader
+
+
+def trace_table(result: CoarseToFineResult) -> Table:
+    """The per-level trace as a rich table."""
+    table = Table(title="coarse-to-fine trace")
+    for column in (
+        "level",
+        "downsample",
+        "grid",
+        "tiles encoded / available",
+        "tokens encoded",
+        "tokens kept",
+        "decision",
+    ):
+        table.add_column(column)
+    for level in result.levels:
+        table.add_row(
+            str(level.level),
+            f"1/{level.downsample}",
+            f"{level.grid[0]}x{level.grid[1]}",
+            f"{len(level.tiles_encoded)} / {level.tiles_available}",
+            str(level.tokens_encoded),
+            str(level.tokens_kept),
+            level.decision,
+        )
+    table.caption = (
+        f"vision tokens encoded {result.vision_tokens_encoded}, "
+        f"to LLM {result.vision_tokens_to_llm} (thumbnail {result.thumbnail_tokens} + "
+        f"retained {result.retained_tokens}), sequence {result.sequence_length}"
+    )
+    return table
