@@ -156,9 +156,12 @@ class LlavaAdapter:
         pixels = (pixels - self._mean) / self._std
         return pixels.to(self.device, self.dtype)
 
-    @torch.no_grad()
     def encode_pixels(self, pixel_values: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Vision tower + projector on normalised tiles: (N, tokens_per_tile, hidden)."""
+        """Vision tower + projector on normalised tiles: (N, tokens_per_tile, hidden).
+
+        Keeps the autograd graph (training encodes through it); inference callers wrap
+        it in ``torch.no_grad``.
+        """
         layer = self.config.vision_feature_layer
         strategy = self.config.vision_feature_select_strategy
         outputs = []
