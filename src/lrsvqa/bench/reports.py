@@ -1,0 +1,294 @@
+"""Accuracy reports: per subset and category, OA and AA, localisation recall, cost.
+
+* **OA** (overall accuracy): correct answers / items, over a subset (or over all
+  items, in the ``all`` column when there is more than one subset).
+* **AA** (average accuracy): the mean of the per-category accuracies, so rare
+  question types weigh as much as frequent ones.
+* Errored items (missing image, model failure) count as wrong answers and are
+  also counted separately.
+* **Localisation recall**, reported when the strategy returned selected boxes for
+  at least one item: the fraction of answered items with an object box whose box
+  the selection found (:func:`lrsvqa.bench.scoring.hbox_covered`); items for which
+  the strategy selected nothing count as misses.
+* **Cost**: means over answered items of the answer-file fields ``seconds``,
+  ``vision_tokens_encoded``, ``vision_tokens_to_llm``, ``tokens_to_llm`` and
+  ``tflops``, when present.
+
+The same :class:`Report` renders as a rich terminal table, JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lrsvqa.bench.datasets import BenchItem
+from lrsvqa.bench.scoring import ScoredItem, score_record
+
+ALL = "all"
+COST_FIELDS = (
+    "seconds",
+    "vision_tokens_encoded",
+    "vision_tokens_to_llm",
+    "tokens_to_llm",
+    "tflops",
+)
+
+
+@dataclass
+class Tally:
+    """Correct answers out of a number of items."""
+
+    correct: int = 0
+    total: int = 0
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction correct (0 for an empty tally)."""
+        return self.correct / self.total if self.total else 0.0
+
+    def add(self, correct: bool) -> None:
+        """Count one item."""
+        self.total += 1
+        self.correct += int(correct)
+
+
+@dataclass
+class GroupReport:
+    """Accuracy of one subset (or of all items).
+
+    Attributes:
+        categories: Tally per question category.
+        errors: Items recorded with an error.
+    """
+
+    categories: dict[str, Tally] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def items(self) -> int:
+        """Number of scored items."""
+        return sum(tally.total for tally in self.categories.values())
+
+    @property
+    def overall_accuracy(self) -> float:
+        """OA: correct / items."""
+        items = self.items
+        return sum(t.correct for t in self.categories.values()) / items if items else 0.0
+
+    @property
+    def average_accuracy(self) -> float:
+        """AA: mean of the per-category accuracies."""
+        tallies = list(self.categories.values())
+        return sum(t.accuracy for t in tallies) / len(tallies) if tallies else 0.0
+
+    def add(self, item: ScoredItem) -> None:
+        """Count one scored item."""
+        self.categories.setdefault(item.category, Tally()).add(item.correct)
+        self.errors += item.error is not None
+
+
+@dataclass
+class Report:
+    """Everything ``lrsvqa score`` prints.
+
+    Attributes:
+        groups: Per-subset reports in order of first appearance, then ``all`` when
+            there are several subsets.
+        localisation: Localisation recall tally, or ``None`` when no box was selected.
+        cost: Mean cost per answered item for each field of :data:`COST_FIELDS` present.
+        strict: Whether open-ended answers were scored with the paper's strict rule.
+        errors: Errored items over all subsets.
+        missing: Questions of the question file with no answer in the answer file.
+    """
+
+    groups: dict[str, GroupReport]
+    localisation: Tally | None
+    cost: dict[str, float]
+    strict: bool
+    errors: int = 0
+    missing: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        groups = {
+            name: {
+                "items": group.items,
+                "errors": group.errors,
+                "overall_accuracy": group.overall_accuracy,
+                "average_accuracy": group.average_accuracy,
+                "categories": {
+                    category: {"correct": t.correct, "total": t.total, "accuracy": t.accuracy}
+                    for category, t in sorted(group.categories.items())
+                },
+            }
+            for name, group in self.groups.items()
+        }
+        localisation = None
+        if self.localisation is not None:
+            localisation = {
+                "found": self.localisation.correct,
+                "items": self.localisation.total,
+                "recall": self.localisation.accuracy,
+            }
+        return {
+            "strict": self.strict,
+            "errors": self.errors,
+            "missing": self.missing,
+            "groups": groups,
+            "localisation_recall": localisation,
+            "cost": self.cost,
+        }
+
+
+def build_report(
+    scored: Iterable[ScoredItem],
+    records: Iterable[Mapping[str, Any]] = (),
+    *,
+    strict: bool = False,
+    missing: int = 0,
+) -> Report:
+    """Aggregate scored items (and their raw records, for cost) into a report."""
+    scored = list(scored)
+    groups: dict[str, GroupReport] = {}
+    for item in scored:
+        groups.setdefault(item.subset, GroupReport()).add(item)
+    if len(groups) > 1:
+        pooled = GroupReport()
+        for item in scored:
+            pooled.add(item)
+        groups[ALL] = pooled
+    localisation = None
+    if any(item.selected_boxes for item in scored):
+        localisation = Tally()
+        for item in scored:
+            if item.localised is not None:
+                localisation.add(item.localised)
+    return Report(
+        groups=groups,
+        localisation=localisation,
+        cost=_mean_cost(records),
+        strict=strict,
+        errors=sum(item.error is not None for item in scored),
+        missing=missing,
+    )
+
+
+def score_answers(
+    records: Iterable[Mapping[str, Any]],
+    items: Iterable[BenchItem] | None = None,
+    *,
+    strict: bool = False,
+) -> Report:
+    """Score answer records (one per question) into a report.
+
+    Args:
+        records: Answer-file records (see :func:`lrsvqa.bench.scoring.score_record`).
+        items: Benchmark items to join by ``question_id``; when given, records of other
+            questions are ignored and unanswered items are counted as ``missing``.
+        strict: Use the paper's strict open-ended rule.
+    """
+    by_id = None if items is None else {item.question_id: item for item in items}
+    scored: list[ScoredItem] = []
+    used: list[Mapping[str, Any]] = []
+    for record in records:
+        item = None if by_id is None else by_id.get(str(record["question_id"]))
+        if by_id is not None and item is None:
+            continue
+        scored.append(score_record(record, item, strict=strict))
+        used.append(record)
+    missing = 0 if by_id is None else len(by_id) - len(scored)
+    return build_report(scored, used, strict=strict, missing=missing)
+
+
+def report_paths(answers: Path) -> tuple[Path, Path]:
+    """Default JSON and Markdown report files next to an answers file."""
+    answers = Path(answers)
+    return answers.with_suffix(".report.json"), answers.with_suffix(".report.md")
+
+
+def write_report(report: Report, json_path: Path | None, markdown_path: Path | None) -> None:
+    """Write the report as JSON and/or Markdown (``None`` skips a format)."""
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if markdown_path is not None:
+        Path(markdown_path).write_text(report_to_markdown(report), encoding="utf-8")
+
+
+def _mean_cost(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of each cost field over answered records that have it."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.get("error"):
+            continue
+        for name in COST_FIELDS:
+            value = record.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
+    return {name: sums[name] / counts[name] for name in COST_FIELDS if name in sums}
+
+
+def _rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Table header and rows: categories, then OA, AA, items and errors, per group."""
+    names = list(report.groups)
+    categories = sorted({c for g in report.groups.values() for c in g.categories})
+    rows = []
+    for category in categories:
+        cells = []
+        for name in names:
+            tally = report.groups[name].categories.get(category)
+            cells.append(f"{100 * tally.accuracy:.2f}" if tally else "-")
+        rows.append([category, *cells])
+    rows.append(["OA", *(f"{100 * report.groups[n].overall_accuracy:.2f}" for n in names)])
+    rows.append(["AA", *(f"{100 * report.groups[n].average_accuracy:.2f}" for n in names)])
+    rows.append(["items", *(str(report.groups[n].items) for n in names)])
+    rows.append(["errors", *(str(report.groups[n].errors) for n in names)])
+    return ["accuracy (%)", *names], rows
+
+
+def _footer(report: Report) -> list[str]:
+    """Lines below the table: rule, localisation recall, cost, missing answers."""
+    lines = [f"scoring: {'strict (paper rule)' if report.strict else 'normalised'}"]
+    if report.localisation is not None:
+        loc = report.localisation
+        lines.append(f"localisation recall: {100 * loc.accuracy:.2f}% ({loc.correct}/{loc.total})")
+    if report.cost:
+        lines.append("mean cost: " + ", ".join(f"{k}={v:.4g}" for k, v in report.cost.items()))
+    if report.missing:
+        lines.append(f"unanswered questions: {report.missing}")
+    return lines
+
+
+def report_to_markdown(report: Report) -> str:
+    """The report as a Markdown table plus notes."""
+    header, rows = _rows(report)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append("")
+    lines += [f"- {line}" for line in _footer(report)]
+    return "\n".join(lines) + "\n"
+
+
+def print_report(report: Report, console: Console | None = None) -> None:
+    """Print the report as a rich table on the terminal."""
+    console = console or Console()
+    header, rows = _rows(report)
+    table = Table(*header, title="Accuracy")
+    for column in table.columns[1:]:
+        column.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for line in _footer(report):
+        console.print(line)

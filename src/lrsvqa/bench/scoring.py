@@ -1,0 +1,326 @@
+"""Answer scoring: open-ended (WordNet), multiple choice (option letter), localisation.
+
+Open-ended answers (LRS-VQA, synthetic) follow the paper: an answer is correct when
+it equals the ground truth after lower-casing, or when the WordNet similarity of
+the two (largest path similarity over all synset pairs,
+:func:`lrsvqa.bench.wordnet.max_path_similarity`) exceeds 0.8.
+
+* **strict** mode is exactly that rule, on the answer and the ground truth with
+  only lower-casing and removal of surrounding whitespace.
+* the default **normalised** mode first rewrites both strings, because free-form
+  model output ("Yes, it is.", "There are three ships.") would otherwise be marked
+  wrong for its wording rather than its content. Rules, in order:
+
+  1. Unicode NFKC, lower case, runs of whitespace collapsed.
+  2. A leading ``answer:`` / ``the answer is`` is dropped.
+  3. Thousands separators go (``1,000`` -> ``1000``); every other punctuation mark
+     becomes a space (``light-blue`` -> ``light blue``, ``ship.`` -> ``ship``).
+  4. The articles ``a``, ``an``, ``the`` are removed.
+  5. Number words from zero to ninety-nine become digits (``twenty-one`` -> ``21``).
+  6. When the ground truth is ``yes`` or ``no`` and the answer starts with ``yes``
+     or ``no``, the answer is that first word (``yes, it is parked`` -> ``yes``).
+  7. When the ground truth is a whole number and the answer contains exactly one
+     whole number, the answer is that number (``there are 3 ships`` -> ``3``;
+     ``3 or 4`` keeps two numbers and stays wrong).
+
+Multiple-choice answers are reduced to an option letter by :func:`extract_choice`
+and compared with the ground-truth letter; ``strict`` does not apply to them.
+
+Localisation: an item's object box (``hbox``) counts as found when its centre lies
+inside one of the boxes the strategy selected, or when at least half of its area is
+covered by the union of those boxes (:func:`hbox_covered`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lrsvqa.bench.datasets import (
+    MME_RS_SUBSET,
+    BenchItem,
+    Box,
+    answer_letter,
+    as_box,
+    parse_choices,
+    subset_of,
+)
+
+SIMILARITY_THRESHOLD = 0.8
+COVERAGE_THRESHOLD = 0.5
+
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORDS = {word: value for value, word in enumerate(_UNITS)} | {
+    word: 20 + 10 * index for index, word in enumerate(_TENS)
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+_ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b(?:\s+is)?\s*:?\s*")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+_WHOLE_NUMBER = re.compile(r"^\d+$")
+
+
+def normalize_answer(text: str) -> str:
+    """Apply normalisation rules 1-5 of the module docstring."""
+    text = " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    text = _ANSWER_PREFIX.sub("", text)
+    text = _PUNCTUATION.sub(" ", _THOUSANDS.sub("", text))
+    words = [word for word in text.split() if word not in _ARTICLES]
+    return " ".join(_numbers_to_digits(words))
+
+
+def _numbers_to_digits(words: list[str]) -> list[str]:
+    """Replace number words by digits, joining ``twenty one`` into ``21``."""
+    out: list[str] = []
+    after_tens = False
+    for word in words:
+        value = _NUMBER_WORDS.get(word)
+        if value is not None and after_tens and 0 < value < 10:
+            out[-1] = str(int(out[-1]) + value)
+            after_tens = False
+            continue
+        after_tens = word in _TENS
+        out.append(word if value is None else str(value))
+    return out
+
+
+def _focus(answer: str, ground_truth: str) -> str:
+    """Apply rules 6-7: keep the yes/no word or the single number the answer gives."""
+    words = answer.split()
+    if ground_truth in {"yes", "no"} and words and words[0] in {"yes", "no"}:
+        return words[0]
+    if _WHOLE_NUMBER.match(ground_truth):
+        numbers = [word for word in words if _WHOLE_NUMBER.match(word)]
+        if len(numbers) == 1:
+            return numbers[0]
+    return answer
+
+
+def open_ended_correct(answer: str, ground_truth: str, *, strict: bool = False) -> bool:
+    """Whether an open-ended answer matches the ground truth (module docstring rules).
+
+    Raises:
+        lrsvqa.bench.wordnet.WordNetUnavailableError: The strings differ and WordNet
+            is not installed.
+    """
+    from lrsvqa.bench.wordnet import max_path_similarity
+
+    if strict:
+        prediction, truth = answer.strip().lower(), ground_truth.strip().lower()
+    else:
+        truth = normalize_answer(ground_truth)
+        prediction = _focus(normalize_answer(answer), truth)
+    if not prediction:
+        return False
+    if prediction == truth:
+        return True
+    return max_path_similarity(prediction, truth) > SIMILARITY_THRESHOLD
+
+
+_WHOLE_LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
+_LEADING_LETTER = re.compile(r"^(?:\(([A-Z])\)|([A-Z])[.:)])(?:\s|$)")
+_CUED_LETTER = re.compile(
+    r"\b(?i:answer|option|choice)\s*(?i:is\s*)?:?\s*(?:\(([A-Za-z])\)|([A-Z])(?![A-Za-z]))"
+)
+_BRACKETED_LETTER = re.compile(r"\(([A-Z])\)")
+_LONE_LETTER = re.compile(r"(?<![A-Za-z'])([B-Z])(?![A-Za-z'])")
+
+
+def extract_choice(text: str, choices: Sequence[str]) -> str:
+    """The option letter a free-text answer picks, or ``""`` when it picks none.
+
+    Tried in order, each accepting only letters of the offered options:
+
+    1. the whole answer is a letter (``"B"``, ``"(b)"``, ``"C."``);
+    2. the answer starts with a marked letter (``"(B) red"``, ``"B. red"``, ``"B: red"``);
+    3. a cue word then a letter (``"The answer is B"``, ``"option (c)"``);
+    4. the first bracketed capital (``"... so (D)"``);
+    5. option text: the normalised answer equals one option, or contains exactly one;
+    6. a lone capital letter other than ``A`` (which is usually the article).
+    """
+    letters = string.ascii_uppercase[: len(choices)]
+    stripped = text.strip()
+    whole = _WHOLE_LETTER.match(stripped)
+    if whole and whole.group(1).upper() in letters:
+        return whole.group(1).upper()
+    leading = _LEADING_LETTER.match(stripped)
+    if leading and (leading.group(1) or leading.group(2)) in letters:
+        return leading.group(1) or leading.group(2)
+    for pattern in (_CUED_LETTER, _BRACKETED_LETTER):
+        for match in pattern.finditer(stripped):
+            letter = next(group for group in match.groups() if group).upper()
+            if letter in letters:
+                return letter
+    by_text = _choice_by_text(stripped, choices)
+    if by_text:
+        return by_text
+    for match in _LONE_LETTER.finditer(stripped):
+        if match.group(1) in letters:
+            return match.group(1)
+    return ""
+
+
+def _choice_by_text(text: str, choices: Sequence[str]) -> str:
+    """Letter of the option whose text the answer equals or uniquely contains."""
+    answer = normalize_answer(text)
+    options = [normalize_answer(choice) for choice in choices]
+    for index, option in enumerate(options):
+        if option and option == answer:
+            return string.ascii_uppercase[index]
+    padded = f" {answer} "
+    contained = [
+        index for index, option in enumerate(options) if option and f" {option} " in padded
+    ]
+    return string.ascii_uppercase[contained[0]] if len(contained) == 1 else ""
+
+
+def hbox_covered(hbox: Box, boxes: Iterable[Box]) -> bool:
+    """Whether selected ``boxes`` find an object: centre inside one, or half its area."""
+    boxes = list(boxes)
+    if not boxes:
+        return False
+    x0, y0, x1, y1 = hbox
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes):
+        return True
+    area = (x1 - x0) * (y1 - y0)
+    return area > 0 and _covered_area(hbox, boxes) / area >= COVERAGE_THRESHOLD
+
+
+def _covered_area(target: Box, boxes: Sequence[Box]) -> float:
+    """Area of ``target`` inside the union of ``boxes`` (exact, by grid compression)."""
+    x0, y0, x1, y1 = target
+    clipped = [
+        (max(b[0], x0), max(b[1], y0), min(b[2], x1), min(b[3], y1))
+        for b in boxes
+        if b[2] > x0 and b[0] < x1 and b[3] > y0 and b[1] < y1
+    ]
+    xs = sorted({c for b in clipped for c in (b[0], b[2])})
+    ys = sorted({c for b in clipped for c in (b[1], b[3])})
+    total = 0.0
+    for left, right in itertools.pairwise(xs):
+        for bottom, top in itertools.pairwise(ys):
+            if any(
+                b[0] <= left and right <= b[2] and b[1] <= bottom and top <= b[3] for b in clipped
+            ):
+                total += (right - left) * (top - bottom)
+    return total
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """The verdict on one answer.
+
+    Attributes:
+        question_id: Item id.
+        subset: Benchmark part, for per-subset accuracy.
+        category: Question type, for per-category accuracy.
+        correct: Whether the answer is right (an errored item is wrong).
+        error: The item's recorded error, if any.
+        localised: Whether the selected boxes found the item's object; ``None`` when
+            the item has no box or errored.
+        selected_boxes: Whether the strategy reported any selected box for the item.
+    """
+
+    question_id: str
+    subset: str
+    category: str
+    correct: bool
+    error: str | None = None
+    localised: bool | None = None
+    selected_boxes: bool = False
+
+
+# Field spellings accepted in answer files written by other tools.
+PREDICTION_KEYS = ("answer", "text", "output", "Output", "prediction", "pred")
+TRUTH_KEYS = ("ground_truth", "Ground truth", "gt_answer", "gt")
+CATEGORY_KEYS = ("category", "Category")
+SUBSET_KEYS = ("subset", "Subtask")
+CHOICE_KEYS = ("choices", "Answer choices", "Answer Choices", "options")
+
+
+def score_record(
+    record: Mapping[str, Any], item: BenchItem | None = None, *, strict: bool = False
+) -> ScoredItem:
+    """Score one answer-file line.
+
+    Args:
+        record: Must have ``question_id`` and a prediction (first of
+            :data:`PREDICTION_KEYS`). Without ``item`` it must also carry the ground
+            truth (:data:`TRUTH_KEYS`) and, for per-category numbers, a category;
+            options (:data:`CHOICE_KEYS`) make it a multiple-choice item.
+        item: The benchmark item, whose ground truth, category, subset, options and
+            box take precedence over the record's.
+        strict: Use the paper's rule without normalisation (open-ended items).
+
+    Raises:
+        KeyError: No prediction, or no ground truth and no ``item``.
+    """
+    question_id = str(record["question_id"])
+    if item is None:
+        item = _item_from_record(record)
+    error = record.get("error") or None
+    prediction = "" if error else str(_first(record, PREDICTION_KEYS))
+    if error:
+        correct = False
+    elif item.is_multiple_choice:
+        correct = extract_choice(prediction, item.choices) == item.ground_truth
+    else:
+        correct = open_ended_correct(prediction, item.ground_truth, strict=strict)
+    boxes = [tuple(box) for box in record.get("selected_boxes") or []]
+    localised = None
+    if item.hbox is not None and not error:
+        localised = hbox_covered(item.hbox, boxes)
+    return ScoredItem(
+        question_id=question_id,
+        subset=item.subset,
+        category=item.category,
+        correct=correct,
+        error=str(error) if error else None,
+        localised=localised,
+        selected_boxes=bool(boxes),
+    )
+
+
+def _item_from_record(record: Mapping[str, Any]) -> BenchItem:
+    """The benchmark facts a self-contained answer record carries."""
+    question_id = str(record["question_id"])
+    choices = parse_choices(_first(record, CHOICE_KEYS, None) or ())
+    truth = str(_first(record, TRUTH_KEYS))
+    if choices:
+        truth = answer_letter(truth, choices)
+    subset = _first(record, SUBSET_KEYS, None) or (
+        MME_RS_SUBSET if choices else subset_of(question_id)
+    )
+    return BenchItem(
+        question_id=question_id,
+        image=str(record.get("image", "")),
+        question=str(record.get("question", "")),
+        ground_truth=truth,
+        category=str(_first(record, CATEGORY_KEYS, "all")),
+        subset=str(subset),
+        choices=choices,
+        hbox=as_box(record.get("hbox")),
+    )
+
+
+_REQUIRED = object()
+
+
+def _first(record: Mapping[str, Any], keys: Sequence[str], default: Any = _REQUIRED) -> Any:
+    """Value of the first present key; ``default`` (or ``KeyError``) otherwise."""
+    for key in keys:
+        if key in record and record[key] is not None:
+            return record[key]
+    if default is _REQUIRED:
+        raise KeyError(f"none of the fields {', '.join(keys)}")
+    return default
