@@ -1,0 +1,225 @@
+"""Objects of synthetic scenes: categories with distinct shapes, a palette, rasterisation.
+
+Objects are 24-64 px long at full resolution. That is chosen against the DIP
+(:mod:`lrsvqa.imagery.pyramid`): in the 336 px thumbnail of a 16k image an object is
+a fraction of a pixel, at the coarsest ~1,008 px level it is a 2-4 px blob, and only a
+full-resolution tile shows its shape and colour, so questions about them need the
+coarse-to-fine search the method is about.
+
+Each object is drawn from its parameters as a signed-distance test on global pixel
+coordinates, so it renders identically in any window that contains it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.synthetic.noise import FloatArray
+
+# Saturated, mutually distant colours; the ground palette is muted so these stand out.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (40, 190, 60),
+    "blue": (30, 80, 235),
+    "yellow": (245, 220, 30),
+    "white": (245, 245, 245),
+    "black": (18, 18, 18),
+    "orange": (250, 140, 20),
+    "purple": (150, 50, 200),
+}
+OUTLINE_WIDTH = 2.0
+_DARK_OUTLINE = (25, 25, 25)
+_LIGHT_OUTLINE = (215, 215, 215)
+
+ShapeField = Callable[[FloatArray, FloatArray, float], FloatArray]
+
+
+def _box(u: FloatArray, v: FloatArray, half_u: float, half_v: float) -> FloatArray:
+    """Distance-like field of an axis-aligned box in object coordinates (< 0 inside)."""
+    return np.maximum(np.abs(u) - np.float32(half_u), np.abs(v) - np.float32(half_v))
+
+
+def _hull(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Ship hull: blunt stern, pointed bow at ``+u``, beam 0.3 of the length."""
+    t = np.clip(u * np.float32(2.0 / length), -1, 1)
+    t2 = t * t
+    blunt = np.sqrt(np.float32(1.0) - t2 * t2 * t2)
+    pointed = np.float32(1.0) - t2
+    half_beam = np.float32(0.15 * length) * np.where(t > 0, pointed, blunt)
+    return np.maximum(np.abs(u) - np.float32(length / 2), np.abs(v) - half_beam)
+
+
+def _cross(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Aeroplane: fuselage, swept-free wings and a tailplane."""
+    fuselage = _box(u, v, length / 2, 0.07 * length)
+    wings = _box(u - np.float32(0.06 * length), v, 0.09 * length, 0.46 * length)
+    tail = _box(u + np.float32(0.4 * length), v, 0.05 * length, 0.18 * length)
+    return np.minimum(np.minimum(fuselage, wings), tail)
+
+
+def _rectangle(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Vehicle: a rectangle 0.44 of its length wide."""
+    return _box(u, v, length / 2, 0.22 * length)
+
+
+def _circle(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Storage tank: a disc whose diameter is the length."""
+    return np.sqrt(u * u + v * v) - np.float32(length / 2)
+
+
+def _l_shape(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Building: a square with one quadrant cut away."""
+    quarter = length / 4
+    square = _box(u, v, length / 2, length / 2)
+    notch = _box(u - np.float32(quarter), v - np.float32(quarter), quarter, quarter)
+    return np.maximum(square, -notch)
+
+
+@dataclass(frozen=True)
+class Category:
+    """An object class and how it looks.
+
+    Attributes:
+        name: Label name, e.g. ``"storage-tank"``.
+        shape: Shape name given in labels, e.g. ``"circle"``.
+        lengths: Range of the long side in full-resolution pixels.
+        half_width: Half extent across the long axis, as a fraction of the length.
+        habitat: ``"water"`` (only on water) or ``"land"`` (anywhere but water).
+        sdf: Distance-like field of the shape in object coordinates, < 0 inside.
+    """
+
+    name: str
+    shape: str
+    lengths: tuple[float, float]
+    half_width: float
+    habitat: str
+    sdf: ShapeField
+
+
+CATEGORIES: dict[str, Category] = {
+    c.name: c
+    for c in (
+        Category("ship", "hull", (40.0, 64.0), 0.15, "water", _hull),
+        Category("plane", "cross", (40.0, 64.0), 0.46, "land", _cross),
+        Category("vehicle", "rectangle", (24.0, 32.0), 0.22, "land", _rectangle),
+        Category("storage-tank", "circle", (26.0, 44.0), 0.5, "land", _circle),
+        Category("building", "L-shape", (28.0, 44.0), 0.5, "land", _l_shape),
+    )
+}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object's geometry and look, in full-resolution pixel coordinates.
+
+    Attributes:
+        category: Key into :data:`CATEGORIES`.
+        color: Key into :data:`COLORS`.
+        cx: Centre column.
+        cy: Centre row.
+        length: Long side in pixels.
+        angle: Direction of the long axis in radians (x right, y down).
+    """
+
+    category: str
+    color: str
+    cx: float
+    cy: float
+    length: float
+    angle: float
+
+    @property
+    def kind(self) -> Category:
+        """The object's :class:`Category`."""
+        return CATEGORIES[self.category]
+
+    def _half_extents(self) -> tuple[float, float]:
+        """Half sizes along and across the long axis."""
+        return self.length / 2, self.kind.half_width * self.length
+
+    def bounds(self, pad: float = 0.0) -> tuple[int, int, int, int]:
+        """Integer box ``(x0, y0, x1, y1)``, half-open, holding every pixel within ``pad``."""
+        a, b = self._half_extents()
+        c, s = abs(math.cos(self.angle)), abs(math.sin(self.angle))
+        rx, ry = a * c + b * s + pad + 1, a * s + b * c + pad + 1
+        return (
+            math.floor(self.cx - rx),
+            math.floor(self.cy - ry),
+            math.ceil(self.cx + rx) + 1,
+            math.ceil(self.cy + ry) + 1,
+        )
+
+    def signed_distance(self, ys: NDArray[np.float64], xs: NDArray[np.float64]) -> FloatArray:
+        """Distance-like field of the shape on the grid ``ys`` x ``xs`` (< 0 inside)."""
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        dx = (xs - self.cx).astype(np.float32)
+        dy = (ys - self.cy).astype(np.float32)
+        u = dy[:, None] * np.float32(s) + dx[None, :] * np.float32(c)
+        v = dy[:, None] * np.float32(c) - dx[None, :] * np.float32(s)
+        return self.kind.sdf(u, v, self.length)
+
+    def footprint(self, pad: float = 0.0) -> tuple[int, int, NDArray[np.bool_]]:
+        """Pixels within ``pad`` of the shape: ``(x0, y0, mask)`` over :meth:`bounds`."""
+        x0, y0, x1, y1 = self.bounds(pad)
+        sd = self.signed_distance(
+            np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)
+        )
+        return x0, y0, sd < np.float32(pad)
+
+    def draw(self, out: NDArray[np.uint8], y0: int, x0: int) -> None:
+        """Paint the object, with its outline, into the RGB window ``out`` at ``(y0, x0)``."""
+        bx0, by0, bx1, by1 = self.bounds(OUTLINE_WIDTH)
+        h, w = out.shape[:2]
+        bx0, by0 = max(bx0, x0), max(by0, y0)
+        bx1, by1 = min(bx1, x0 + w), min(by1, y0 + h)
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        ys = np.arange(by0, by1, dtype=np.float64)
+        xs = np.arange(bx0, bx1, dtype=np.float64)
+        sd = self.signed_distance(ys, xs)
+        patch = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
+        outline = _LIGHT_OUTLINE if self.color == "black" else _DARK_OUTLINE
+        patch[sd < np.float32(OUTLINE_WIDTH)] = outline
+        patch[sd < 0] = COLORS[self.color]
+
+    def rbox(self) -> tuple[tuple[float, float], ...]:
+        """Corners of the rotated box around the shape, clockwise from the rear left."""
+        a, b = self._half_extents()
+        c, s = math.cos(self.angle), math.sin(self.angle)
+        corners = ((-a, -b), (a, -b), (a, b), (-a, b))
+        return tuple(
+            (round(self.cx + u * c - v * s, 2), round(self.cy + u * s + v * c, 2))
+            for u, v in corners
+        )
+
+    def hbox(self) -> tuple[float, float, float, float]:
+        """Tight horizontal box ``(x0, y0, x1, y1)`` of the drawn body (outline excluded)."""
+        x0, y0, mask = self.footprint()
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        return (
+            float(x0 + cols[0]),
+            float(y0 + rows[0]),
+            float(x0 + cols[-1] + 1),
+            float(y0 + rows[-1] + 1),
+        )
+
+    def label(self, background: str, setting: str) -> LabeledObject:
+        """The object as a :class:`LabeledObject` with its surroundings as attributes."""
+        return LabeledObject(
+            category=self.category,
+            hbox=self.hbox(),
+            rbox=self.rbox(),
+            color=self.color,
+            shape=self.kind.shape,
+            attributes={
+                "background": background,
+                "setting": setting,
+                "length_px": round(self.length, 1),
+            },
+        )

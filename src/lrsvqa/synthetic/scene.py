@@ -1,0 +1,283 @@
+"""Synthetic scenes: a terrain plus a few labelled objects, rendered window by window.
+
+:func:`generate_scene` draws everything from ``SceneSpec.seed`` (layout and objects,
+no pixels); :meth:`Scene.render_window` renders any rectangle on demand, and the
+result does not depend on how the image is cut into windows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.synthetic.objects import CATEGORIES, COLORS, OUTLINE_WIDTH, SceneObject
+from lrsvqa.synthetic.terrain import Region, Terrain, make_terrain
+
+MIN_SIDE = 2048
+RENDER_BLOCK = 512
+EDGE_MARGIN = 32
+MIN_GAP = 32
+MIN_AXIS_OFFSET = 48
+BACKGROUND_PURITY = 0.85
+SETTING_RADIUS = 256
+SETTING_STEP = 16
+URBAN_MIN_FRACTION = 0.3
+RURAL_MAX_FRACTION = 0.05
+ROAD_VEHICLE_SHARE = 0.6
+ATTEMPTS_PER_CATEGORY = 150
+_M_TOP_PAD = -2  # glibc mallopt parameter
+_HEAP_PAD = 64 << 20
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep 64 MB of freed heap instead of returning it to the OS at once.
+
+    Rendering allocates and frees many short-lived 1 MB arrays per block; with the
+    default trimming every block pays page faults for memory it just released, which
+    doubled render time on a VM where faults are costly. Elsewhere this is a no-op.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TOP_PAD, _HEAP_PAD)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """What to generate; everything else follows from these fields.
+
+    Attributes:
+        seed: Seed of layout, textures and objects.
+        height: Image height in pixels.
+        width: Image width in pixels.
+        min_objects: Fewest objects to place.
+        max_objects: Most objects to place (the count is drawn uniformly in between).
+    """
+
+    seed: int
+    height: int
+    width: int
+    min_objects: int = 3
+    max_objects: int = 12
+
+    def __post_init__(self) -> None:
+        if min(self.height, self.width) < MIN_SIDE:
+            raise ValueError(f"scene sides must be >= {MIN_SIDE}, got {self.height}x{self.width}")
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"bad object range {self.min_objects}..{self.max_objects}")
+
+    def to_dict(self) -> dict[str, int]:
+        """JSON-ready form, as stored in manifests."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SceneSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: int(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A generated scene: terrain parameters and placed objects, no pixels.
+
+    Attributes:
+        spec: The spec it was generated from.
+        terrain: Ground layout and texture parameters.
+        shapes: Geometry of the placed objects.
+        labels: Their labels, in the same order.
+    """
+
+    spec: SceneSpec
+    terrain: Terrain
+    shapes: tuple[SceneObject, ...]
+    labels: tuple[LabeledObject, ...]
+
+    @property
+    def height(self) -> int:
+        """Image height in pixels."""
+        return self.spec.height
+
+    @property
+    def width(self) -> int:
+        """Image width in pixels."""
+        return self.spec.width
+
+    @property
+    def objects(self) -> list[LabeledObject]:
+        """Labels of all objects in the scene."""
+        return list(self.labels)
+
+    def render_window(self, y0: int, x0: int, h: int, w: int) -> NDArray[np.uint8]:
+        """Render the ``h`` x ``w`` window whose top-left pixel is ``(y0, x0)``.
+
+        Returns:
+            ``(h, w, 3)`` uint8 RGB, bit-identical to the same crop of any other
+            window, so a writer may call this per tile in any order.
+        """
+        if h < 1 or w < 1 or y0 < 0 or x0 < 0 or y0 + h > self.height or x0 + w > self.width:
+            raise ValueError(
+                f"window ({y0}, {x0}, {h}, {w}) outside the {self.height}x{self.width} scene"
+            )
+        _keep_freed_memory()
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for by in range(0, h, RENDER_BLOCK):
+            ys = np.arange(y0 + by, y0 + min(h, by + RENDER_BLOCK), dtype=np.float64)
+            for bx in range(0, w, RENDER_BLOCK):
+                xs = np.arange(x0 + bx, x0 + min(w, bx + RENDER_BLOCK), dtype=np.float64)
+                out[by : by + len(ys), bx : bx + len(xs)] = self.terrain.render(ys, xs)
+        for shape in self.shapes:
+            shape.draw(out, y0, x0)
+        return out
+
+
+def _grid(lo: float, hi: float, step: float) -> NDArray[np.float64]:
+    """Pixel coordinates ``lo, lo + step, ...`` below ``hi``."""
+    return np.arange(lo, hi, step, dtype=np.float64)
+
+
+@dataclass
+class _Placer:
+    """Rejection sampler that places objects where their labels will be unambiguous."""
+
+    rng: np.random.Generator
+    terrain: Terrain
+    land: NDArray[np.float64]  # (n, 2) candidate centres (y, x) on land
+    water: NDArray[np.float64]  # (n, 2) candidate centres on water
+    step: float
+    shapes: list[SceneObject]
+    labels: list[LabeledObject]
+
+    @classmethod
+    def create(cls, rng: np.random.Generator, terrain: Terrain) -> _Placer:
+        """Index coarse land and water cells once, so proposals rarely miss their habitat."""
+        step = max(32.0, max(terrain.height, terrain.width) / 256)
+        ys = _grid(step / 2, terrain.height, step)
+        xs = _grid(step / 2, terrain.width, step)
+        cover = terrain.cover(ys, xs)
+        gy, gx = np.meshgrid(ys, xs, indexing="ij")
+        cells = np.stack([gy, gx], axis=-1)
+        return cls(
+            rng, terrain, cells[cover != Region.WATER], cells[cover == Region.WATER], step, [], []
+        )
+
+    def _on_road(self, length: float) -> tuple[float, float, float] | None:
+        """A centre and heading on a highway for a vehicle of ``length``, or None."""
+        if not self.terrain.roads:
+            return None
+        road = self.terrain.roads[int(self.rng.integers(len(self.terrain.roads)))]
+        qy = self.rng.uniform(0, self.terrain.height)
+        qx = self.rng.uniform(0, self.terrain.width)
+        room = max(0.0, road.half_width - CATEGORIES["vehicle"].half_width * length - 2.5)
+        lateral = self.rng.uniform(-room, room)
+        off = qx * road.nx + qy * road.ny - road.offset - lateral
+        heading = road.angle + math.pi * int(self.rng.integers(2))
+        return qy - off * road.ny, qx - off * road.nx, heading
+
+    def _propose(self, name: str) -> SceneObject | None:
+        """A random object of category ``name`` in its habitat (not yet checked)."""
+        kind = CATEGORIES[name]
+        length = float(self.rng.uniform(*kind.lengths))
+        color = list(COLORS)[int(self.rng.integers(len(COLORS)))]
+        if name == "vehicle" and self.rng.random() < ROAD_VEHICLE_SHARE:
+            placed = self._on_road(length)
+            if placed is None:
+                return None
+            cy, cx, angle = placed
+        else:
+            cells = self.water if kind.habitat == "water" else self.land
+            if not len(cells):
+                return None
+            cy, cx = cells[int(self.rng.integers(len(cells)))] + self.rng.uniform(
+                -self.step / 2, self.step / 2, size=2
+            )
+            angle = float(self.rng.uniform(0, 2 * math.pi))
+        return SceneObject(name, color, float(cx), float(cy), length, float(angle))
+
+    def _fits(self, obj: SceneObject) -> bool:
+        """Inside the image and clear of every placed object, on both axes."""
+        x0, y0, x1, y1 = obj.bounds(OUTLINE_WIDTH + EDGE_MARGIN)
+        if x0 < 0 or y0 < 0 or x1 > self.terrain.width or y1 > self.terrain.height:
+            return False
+        x0, y0, x1, y1 = obj.bounds(OUTLINE_WIDTH + MIN_GAP / 2)
+        for other in self.shapes:
+            if abs(obj.cx - other.cx) < MIN_AXIS_OFFSET or abs(obj.cy - other.cy) < MIN_AXIS_OFFSET:
+                return False
+            ox0, oy0, ox1, oy1 = other.bounds(OUTLINE_WIDTH + MIN_GAP / 2)
+            if x0 < ox1 and ox0 < x1 and y0 < oy1 and oy0 < y1:
+                return False
+        return True
+
+    def _background(self, obj: SceneObject) -> str | None:
+        """The region under the object if it is clear-cut and suits the category."""
+        x0, y0, mask = obj.footprint(OUTLINE_WIDTH)
+        ys = np.arange(y0, y0 + mask.shape[0], dtype=np.float64)
+        xs = np.arange(x0, x0 + mask.shape[1], dtype=np.float64)
+        codes = self.terrain.regions(ys, xs)[mask]
+        counts = np.bincount(codes, minlength=len(Region))
+        region = Region(int(counts.argmax()))
+        if obj.kind.habitat == "water":
+            return region.label if counts[Region.WATER] == codes.size else None
+        if counts[Region.WATER] or counts[region] < BACKGROUND_PURITY * codes.size:
+            return None
+        return region.label
+
+    def _setting(self, obj: SceneObject) -> str | None:
+        """``"urban"`` or ``"rural"`` from the built-up share around the object.
+
+        None when the neighbourhood is mixed and either answer could be argued.
+        """
+        r = SETTING_RADIUS
+        ys = _grid(max(0.0, obj.cy - r), min(self.terrain.height, obj.cy + r), SETTING_STEP)
+        xs = _grid(max(0.0, obj.cx - r), min(self.terrain.width, obj.cx + r), SETTING_STEP)
+        share = float(np.mean(self.terrain.cover(ys, xs) == Region.URBAN))
+        if share >= URBAN_MIN_FRACTION:
+            return "urban"
+        if share <= RURAL_MAX_FRACTION:
+            return "rural"
+        return None
+
+    def place(self, name: str) -> bool:
+        """Try to place one object of category ``name``; whether it succeeded."""
+        for _ in range(ATTEMPTS_PER_CATEGORY):
+            obj = self._propose(name)
+            if obj is None or not self._fits(obj):
+                continue
+            background = self._background(obj)
+            setting = self._setting(obj) if background else None
+            if background and setting:
+                self.shapes.append(obj)
+                self.labels.append(obj.label(background, setting))
+                return True
+        return False
+
+
+def generate_scene(spec: SceneSpec) -> Scene:
+    """Generate a scene's layout and objects (no pixels) deterministically from ``spec``.
+
+    Objects are placed by rejection: each is fully inside the image, apart from the
+    others with distinct rows and columns (so "top-most"/"left-most" references are
+    unique), on a clear-cut background, in a clearly urban or clearly rural setting.
+
+    Raises:
+        RuntimeError: If fewer than ``spec.min_objects`` objects could be placed.
+    """
+    rng = np.random.default_rng(spec.seed)
+    terrain = make_terrain(rng, spec.height, spec.width)
+    placer = _Placer.create(rng, terrain)
+    names = list(CATEGORIES)
+    for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
+        order = [names[i] for i in rng.permutation(len(names))]
+        if not any(placer.place(name) for name in order):
+            break
+    if len(placer.shapes) < spec.min_objects:
+        raise RuntimeError(f"placed only {len(placer.shapes)} objects in scene {spec}")
+    return Scene(spec, terrain, tuple(placer.shapes), tuple(placer.labels))

@@ -1,0 +1,133 @@
+"""Objects of synthetic scenes: placement, labels, and visibility across pyramid scales."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from lrsvqa.imagery.pyramid import build_pyramid
+from lrsvqa.synthetic import CATEGORIES, COLORS, Region, SceneSpec, generate_scene
+from lrsvqa.synthetic.objects import OUTLINE_WIDTH
+
+SPECS = [SceneSpec(seed, 2048 + 512 * (seed % 3), 2048 + 256 * (seed % 5)) for seed in range(8)]
+
+
+def _palette_distance(rgb: np.ndarray, color: str) -> float:
+    return float(np.linalg.norm(np.asarray(rgb, dtype=float) - COLORS[color]))
+
+
+def _nearest_color(rgb: np.ndarray) -> str:
+    return min(COLORS, key=lambda name: _palette_distance(rgb, name))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"seed{s.seed}")
+def test_objects_inside_apart_and_uniquely_ordered(spec: SceneSpec) -> None:
+    objects = generate_scene(spec).objects
+    assert spec.min_objects <= len(objects) <= spec.max_objects
+    for obj in objects:
+        x0, y0, x1, y1 = obj.hbox
+        assert 0 <= x0 < x1 <= spec.width and 0 <= y0 < y1 <= spec.height
+    for a, b in itertools.combinations(objects, 2):
+        ax0, ay0, ax1, ay1 = a.hbox
+        bx0, by0, bx1, by1 = b.hbox
+        assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, (a, b)
+        # Distinct rows and columns: "top-most"/"left-most" of any subset is unique.
+        assert abs(a.center[0] - b.center[0]) >= 40
+        assert abs(a.center[1] - b.center[1]) >= 40
+
+
+def test_scenes_vary_in_categories_colours_and_places() -> None:
+    objects = [obj for spec in SPECS for obj in generate_scene(spec).objects]
+    assert {o.category for o in objects} == set(CATEGORIES)
+    assert len({o.color for o in objects}) >= 6
+    assert {o.attributes["background"] for o in objects} == {r.label for r in Region}
+    assert {o.attributes["setting"] for o in objects} == {"urban", "rural"}
+
+
+@pytest.mark.parametrize("spec", SPECS[:4], ids=lambda s: f"seed{s.seed}")
+def test_labels_describe_what_is_drawn(spec: SceneSpec) -> None:
+    scene = generate_scene(spec)
+    for shape, obj in zip(scene.shapes, scene.objects, strict=True):
+        assert obj.shape == CATEGORIES[obj.category].shape
+        assert obj.color in COLORS
+        assert obj.attributes["setting"] in ("urban", "rural")
+        if obj.category == "ship":
+            assert obj.attributes["background"] == "water"
+        else:
+            assert obj.attributes["background"] != "water"
+        # The background is what most of the ground under the object is.
+        x0, y0, mask = shape.footprint()
+        ys = np.arange(y0, y0 + mask.shape[0], dtype=float)
+        xs = np.arange(x0, x0 + mask.shape[1], dtype=float)
+        under = np.bincount(scene.terrain.regions(ys, xs)[mask], minlength=len(Region))
+        assert Region(int(under.argmax())).label == obj.attributes["background"]
+        # The rotated box encloses the horizontal one's centre and matches its size.
+        rx = [p[0] for p in obj.rbox]
+        ry = [p[1] for p in obj.rbox]
+        assert min(rx) <= obj.center[0] <= max(rx) and min(ry) <= obj.center[1] <= max(ry)
+        assert obj.hbox[2] - obj.hbox[0] <= max(rx) - min(rx) + 2
+
+
+@pytest.mark.parametrize("spec", SPECS[:4], ids=lambda s: f"seed{s.seed}")
+def test_colour_and_size_readable_in_a_full_resolution_tile(spec: SceneSpec) -> None:
+    scene = generate_scene(spec)
+    for shape, obj in zip(scene.shapes, scene.objects, strict=True):
+        x0, y0, near = shape.footprint(OUTLINE_WIDTH)
+        ys = np.arange(y0, y0 + near.shape[0], dtype=float)
+        xs = np.arange(x0, x0 + near.shape[1], dtype=float)
+        inside = shape.signed_distance(ys, xs) < 0
+        crop = scene.render_window(y0, x0, *near.shape)
+        mean = crop[inside].mean(axis=0)
+        assert _palette_distance(mean, obj.color) < 3
+        assert _nearest_color(mean) == obj.color
+        # Large enough to show its shape: at least 24 px long and a few hundred pixels.
+        assert max(obj.hbox[2] - obj.hbox[0], obj.hbox[3] - obj.hbox[1]) >= 20
+        assert inside.sum() >= 100
+        # And set apart from the ground by a uniform outline of a contrasting colour.
+        outline = np.unique(crop[near & ~inside], axis=0)
+        assert len(outline) == 1 and _palette_distance(outline[0], obj.color) > 100
+
+
+def test_objects_are_sub_pixel_in_the_thumbnail_of_a_16k_scene() -> None:
+    spec = SceneSpec(seed=6, height=16384, width=16384)
+    scene = generate_scene(spec)
+    assert {o.category for o in scene.objects} == set(CATEGORIES)
+    geometry = build_pyramid(spec.height, spec.width)
+    factor = spec.width / geometry.thumbnail.resized_size[1]
+    block = round(factor)
+    for shape, obj in zip(scene.shapes, scene.objects, strict=True):
+        # Geometry: under one thumbnail pixel; 2-4 px at 1,008 px and on the coarsest level.
+        x0, y0, mask = shape.footprint()
+        assert mask.sum() / factor**2 < 1
+        assert obj.attributes["length_px"] * 1008 / spec.width <= 4
+        cx0, cy0, cx1, cy1 = geometry.levels[0].image_to_canvas(obj.hbox)
+        assert max(cx1 - cx0, cy1 - cy0) <= 4
+        # Pixels: block-average the thumbnail pixels around the object (as a thumbnail
+        # would) and check its colour is washed out by the ground around it.
+        by0, bx0 = (y0 // block - 1) * block, (x0 // block - 1) * block
+        rows = math.ceil((y0 + mask.shape[0]) / block) + 1 - by0 // block
+        cols = math.ceil((x0 + mask.shape[1]) / block) + 1 - bx0 // block
+        window = scene.render_window(by0, bx0, rows * block, cols * block).astype(float)
+        is_object = np.zeros(window.shape[:2], dtype=bool)
+        is_object[y0 - by0 : y0 - by0 + mask.shape[0], x0 - bx0 : x0 - bx0 + mask.shape[1]] = mask
+        blocks = window.reshape(rows, block, cols, block, 3)
+        share = is_object.reshape(rows, block, cols, block).mean(axis=(1, 3))
+        r, c = np.unravel_index(share.argmax(), share.shape)
+        assert share[r, c] < 0.7
+        pixel = blocks[r, :, c].reshape(-1, 3)
+        ground = pixel[~is_object.reshape(rows, block, cols, block)[r, :, c].ravel()].mean(axis=0)
+        contrast = _palette_distance(ground, obj.color)
+        assert _palette_distance(pixel.mean(axis=0), obj.color) > 0.3 * contrast
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError, match="sides"):
+        SceneSpec(seed=0, height=1000, width=4096)
+    with pytest.raises(ValueError, match="object range"):
+        SceneSpec(seed=0, height=4096, width=4096, min_objects=5, max_objects=2)
+    spec = SceneSpec(seed=9, height=4096, width=2048, min_objects=4, max_objects=6)
+    assert SceneSpec.from_dict(spec.to_dict()) == spec
+    assert 4 <= len(generate_scene(spec).objects) <= 6

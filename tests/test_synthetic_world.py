@@ -1,0 +1,115 @@
+"""Synthetic scenes on disk: pyramidal TIFF, JSON labels, cached worlds and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from lrsvqa.bench.labels import read_json_labels
+from lrsvqa.cli import app
+from lrsvqa.synthetic import Scene, SceneSpec, generate_scene, generate_world, world_specs
+from lrsvqa.synthetic import world as world_module
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Scene, Path, Path]:
+    scene = generate_scene(SceneSpec(seed=4, height=2048, width=2560))
+    tiff_path, labels_path = world_module.write_scene(scene, tmp_path_factory.mktemp("scene"))
+    return scene, tiff_path, labels_path
+
+
+def test_tiff_is_tiled_with_overviews_and_holds_the_rendered_pixels(written) -> None:
+    scene, tiff_path, _ = written
+    assert not list(tiff_path.parent.glob("*.partial"))
+    with tifffile.TiffFile(tiff_path) as tif:
+        pages = list(tif.pages)
+        assert [p.shape for p in pages] == [
+            (2048, 2560, 3),
+            (1024, 1280, 3),
+            (512, 640, 3),
+            (256, 320, 3),
+        ]
+        assert all(p.is_tiled and p.tilewidth == world_module.TILE_SIZE for p in pages)
+        assert [p.is_reduced for p in pages] == [False, True, True, True]
+        full = pages[0].asarray()
+        overview = pages[1].asarray().astype(int)
+    window = (700, 900, 600, 700)  # crosses TIFF tile and render block edges
+    y0, x0, h, w = window
+    assert np.array_equal(full[y0 : y0 + h, x0 : x0 + w], scene.render_window(*window))
+    rendered = scene.render_window(0, 0, 512, 512).astype(int)
+    halved = rendered.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3))
+    assert np.abs(overview[:256, :256] - halved).max() <= 1
+
+
+def test_labels_round_trip_through_the_json_reader(written) -> None:
+    scene, tiff_path, labels_path = written
+    assert labels_path.stem == tiff_path.stem
+    assert isinstance(json.loads(labels_path.read_text()), list)
+    assert read_json_labels(labels_path).objects == tuple(scene.objects)
+
+
+def test_world_specs_are_stable_prefixes_and_differ_by_split() -> None:
+    args = {"min_side": 2048, "max_side": 8192, "seed": 11}
+    five = world_specs(5, split="test", **args)
+    assert world_specs(3, split="test", **args) == five[:3]
+    assert world_specs(5, split="train", **args) != five
+    for spec in five:
+        assert 2048 <= min(spec.height, spec.width)
+        assert max(spec.height, spec.width) <= 8192
+        assert max(spec.height, spec.width) / min(spec.height, spec.width) <= 1.5 + 1e-3
+    with pytest.raises(ValueError, match="min_side"):
+        world_specs(1, min_side=1024, max_side=4096, seed=0, split="test")
+
+
+def test_world_writes_a_manifest_and_reuses_finished_scenes(tmp_path: Path, monkeypatch) -> None:
+    args = {"min_side": 2048, "max_side": 2304, "seed": 5, "split": "dev"}
+    first = generate_world(tmp_path, num_scenes=2, **args)
+    root = tmp_path / "dev"
+    assert json.loads((root / "manifest.json").read_text()) == first
+    for entry, spec in zip(first["scenes"], world_specs(2, **args), strict=True):
+        assert SceneSpec.from_dict(entry["spec"]) == spec
+        assert (entry["height"], entry["width"]) == (spec.height, spec.width)
+        labels = read_json_labels(root / entry["labels"]).objects
+        assert labels == tuple(generate_scene(spec).objects)
+        assert entry["num_objects"] == len(labels)
+        with tifffile.TiffFile(root / entry["image"]) as tif:
+            assert tif.pages[0].shape == (spec.height, spec.width, 3)
+
+    calls: list[str] = []
+    original = world_module.write_scene
+
+    def counting(scene, out_dir, name=None):
+        calls.append(name)
+        return original(scene, out_dir, name)
+
+    monkeypatch.setattr(world_module, "write_scene", counting)
+    lines: list[str] = []
+    again = generate_world(tmp_path, num_scenes=3, log=lines.append, **args)
+    assert calls == ["dev-0002"]
+    assert again["scenes"][:2] == first["scenes"]
+    assert [line.rsplit(" ", 1)[-1] for line in lines] == ["cached", "cached", "written"]
+
+    # A missing image, or one from another generator version, is regenerated.
+    (root / again["scenes"][0]["image"]).unlink()
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["scenes"][1]["version"] = world_module.GENERATOR_VERSION - 1
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    generate_world(tmp_path, num_scenes=3, **args)
+    assert calls == ["dev-0002", "dev-0000", "dev-0001"]
+
+
+def test_cli_synth_generates_a_world(tmp_path: Path) -> None:
+    runner = CliRunner()
+    argv = ["synth", "--out", str(tmp_path), "--scenes", "1", "--min-side", "2048"]
+    result = runner.invoke(app, [*argv, "--max-side", "2048", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "test" / "manifest.json").read_text())
+    assert len(manifest["scenes"]) == 1
+    assert (tmp_path / "test" / manifest["scenes"][0]["image"]).is_file()
+    bad = runner.invoke(app, [*argv, "--max-side", "1024"])
+    assert bad.exit_code != 0
