@@ -8,7 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test lint install clean
 
+# Answer scoring reads WordNet 3.0 offline from Debian's wordnet-base (lrsvqa.bench.wordnet).
 $(STAMP): pyproject.toml
+	test -f /usr/share/wordnet/data.noun || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
