@@ -81,3 +81,527 @@ def ask(
             title=f"{question}\n{result.answer}",
         )
         console.print(f"overlay written to {overlay}")
+
+
+def _strategy_options(pairs: list[str]) -> dict[str, object]:
+    """Parse ``key=value`` pairs; values are JSON when they parse, strings otherwise."""
+    import json
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command("eval")
+def eval_command(
+    data_root: Path = typer.Option(..., help="Folder the question file's image paths start from."),
+    strategy: str = typer.Option(..., help="Registered strategy name, e.g. c2f."),
+    bench: str = typer.Option("lrs-vqa", help="lrs-vqa (also the synthetic benchmark) or mme-rs."),
+    questions: Path | None = typer.Option(
+        None, help="Question file (default: LRS_VQA_merged.jsonl / MME_RealWorld_RS.json in it)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Answers file (default: outputs/BENCH-STRATEGY.jsonl)."
+    ),
+    model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
+    rfm: Path | None = typer.Option(None, help="RFM weights, passed as rfm_path."),
+    device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
+    dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    strategy_option: list[str] = typer.Option(
+        [], "--strategy-option", help="Extra strategy option key=value (JSON value), repeatable."
+    ),
+    subset: list[str] = typer.Option([], help="Only this subset, e.g. FAIR (repeatable)."),
+    prompt: str = typer.Option(
+        "official", help="mme-rs prompt: official, paper (no 'The best answer is:') or a template."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Only the first N items."),
+    rank: int | None = typer.Option(None, min=0, help="Manual sharding: this shard's rank."),
+    world_size: int | None = typer.Option(None, min=1, help="Manual sharding: number of shards."),
+    retry_errors: bool = typer.Option(False, help="Answer again the items recorded with an error."),
+    score: bool = typer.Option(True, help="Score the answers when done."),
+    strict: bool = typer.Option(False, help="Paper's exact open-ended rule, no normalisation."),
+    progress: bool = typer.Option(True, help="Show a progress bar with ETA."),
+) -> None:
+    """Answer a benchmark with a strategy, resumably; merge shards and score.
+
+    Rerunning the same command resumes. Under torchrun or accelerate launch, each rank answers
+    its shard, then rank 0 merges and scores.
+
+    Example: lrsvqa eval --bench lrs-vqa --data-root data --model ./llava --strategy c2f
+    """
+    from rich.console import Console
+
+    from lrsvqa.bench.datasets import BENCHMARKS
+    from lrsvqa.bench.reports import print_report, report_paths
+    from lrsvqa.bench.runner import EvalConfig, evaluate
+
+    if bench not in BENCHMARKS:
+        raise typer.BadParameter(f"choose one of {', '.join(BENCHMARKS)}", param_hint="--bench")
+    if (rank is None) != (world_size is None):
+        raise typer.BadParameter("give both --rank and --world-size, or neither")
+    options = {"model_path": model, "rfm_path": rfm, "device": device, "dtype": dtype}
+    options = {key: value for key, value in options.items() if value is not None}
+    options |= _strategy_options(strategy_option)
+    config = EvalConfig(
+        bench=bench,
+        questions=questions or data_root / BENCHMARKS[bench],
+        data_root=data_root,
+        output=output or Path("outputs") / f"{bench}-{strategy}.jsonl",
+        strategy=strategy,
+        strategy_options=options,
+        subsets=subset or None,
+        prompt=prompt,
+        limit=limit,
+        rank=rank,
+        world_size=world_size,
+        retry_errors=retry_errors,
+        progress=progress,
+        score=score,
+        strict=strict,
+    )
+    outcome = evaluate(config)
+    console = Console()
+    run = outcome.run
+    console.print(
+        f"{run.output}: {run.answered} answered, {run.skipped} already done, "
+        f"{run.errors} errors, {run.items} items",
+        soft_wrap=True,
+    )
+    if outcome.answers is None:
+        hint = f"rank 0 merges a launched run; otherwise run: lrsvqa merge {config.output}"
+        console.print(f"shard written ({hint})", soft_wrap=True)
+        return
+    if outcome.report is not None:
+        print_report(outcome.report, console)
+        json_path, markdown_path = report_paths(outcome.answers)
+        console.print(
+            f"answers: {outcome.answers}\nreports: {json_path}, {markdown_path}", soft_wrap=True
+        )
+
+
+@app.command()
+def score(
+    answers: Path = typer.Argument(..., exists=True, dir_okay=False, help="Answers file."),
+    questions: Path | None = typer.Option(
+        None, help="Question file to join by question_id (.jsonl LRS-VQA, .json MME-RealWorld)."
+    ),
+    strict: bool = typer.Option(False, help="Paper's exact open-ended rule, no normalisation."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
+    markdown: Path | None = typer.Option(None, help="Also write the report as Markdown."),
+) -> None:
+    """Score an answers file from lrsvqa or any tool writing question_id + text.
+
+    JSON Lines (or a JSON list) with question_id and the prediction in answer / text /
+    output; ground_truth and category in the records or from --questions.
+
+    Example: lrsvqa score outputs/lrs-vqa-c2f.jsonl --markdown report.md
+    """
+    from lrsvqa.bench.answers import read_any_answers
+    from lrsvqa.bench.datasets import load_benchmark
+    from lrsvqa.bench.reports import print_report, score_answers, write_report
+
+    items = None
+    if questions is not None:
+        bench = "mme-rs" if questions.suffix.lower() == ".json" else "lrs-vqa"
+        items = load_benchmark(bench, questions)
+    report = score_answers(read_any_answers(answers), items, strict=strict)
+    print_report(report)
+    write_report(report, json_path, markdown)
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., help="Merged answers file."),
+    shards: list[Path] | None = typer.Argument(
+        None, help="Shard files in rank order (default: OUTPUT's .rankR-of-N files)."
+    ),
+) -> None:
+    """Merge per-rank answer files of a sharded run into one answers file.
+
+    Example: lrsvqa merge outputs/lrs-vqa-c2f.jsonl
+    """
+    from lrsvqa.bench.answers import find_shards, merge_answer_files
+
+    files = shards or find_shards(output)
+    count = merge_answer_files(files, output)
+    typer.echo(f"{output}: {count} answers from {len(files)} shards")
+
+
+@app.command("make-qa")
+def make_qa(
+    labels: Path = typer.Option(..., exists=True, help="Label file or folder of label files."),
+    images: Path = typer.Option(
+        ..., exists=True, file_okay=False, help="Image folder; record paths are relative to it."
+    ),
+    label_format: str = typer.Option(..., "--format", help="dota, fair1m, json or geojson."),
+    out: Path = typer.Option(..., help="LRS-VQA JSONL file to write."),
+    llava: Path | None = typer.Option(None, help="Also write LLaVA SFT conversations (JSON)."),
+    categories: str | None = typer.Option(
+        None,
+        help="Comma-separated subset of: count, object category, object color, "
+        "object shape, rural or urban, object position (default: all).",
+    ),
+    max_per_image: int = typer.Option(16, min=1, help="Questions per image at most."),
+    position_margin: float = typer.Option(
+        0.5, help="Top/bottom/left/right-most: gap to runner-up in object extents."
+    ),
+    area_ratio: float = typer.Option(1.5, help="Largest/smallest: area ratio to runner-up."),
+    subset: str = typer.Option("TPL", help="Question ids are SUBSET_n."),
+    seed: int = typer.Option(0, help="Seed of references, wordings and subsets."),
+) -> None:
+    """Template questions (and LLaVA conversations) from detection labels.
+
+    Example: lrsvqa make-qa --labels DOTA/labelTxt --images DOTA/images --format dota
+    --out qa.jsonl --llava qa_llava.json
+    """
+    import json
+
+    from lrsvqa.bench.labels import LABEL_SUFFIXES, iter_label_files
+    from lrsvqa.bench.templates import (
+        TEMPLATE_CATEGORIES,
+        UniquenessMargins,
+        generate_from_labels,
+        to_llava_conversations,
+        write_lrsvqa_jsonl,
+    )
+
+    if label_format not in LABEL_SUFFIXES:
+        raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
+    chosen = [c.strip() for c in categories.split(",")] if categories else TEMPLATE_CATEGORIES
+    records = generate_from_labels(
+        iter_label_files(labels, label_format),  # type: ignore[arg-type]
+        images,
+        label_format,  # type: ignore[arg-type]
+        seed=seed,
+        subset=subset,
+        categories=chosen,
+        max_per_image=max_per_image,
+        margins=UniquenessMargins(position=position_margin, area_ratio=area_ratio),
+    )
+    typer.echo(f"{out}: {write_lrsvqa_jsonl(records, out)} questions")
+    if llava is not None:
+        conversations = to_llava_conversations(records)
+        llava.write_text(json.dumps(conversations, indent=1, ensure_ascii=False), encoding="utf-8")
+        typer.echo(f"{llava}: {len(conversations)} conversations")
+
+
+def _float_list(text: str) -> list[float]:
+    """Parse ``"0.25,1,4"``."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from error
+
+
+@app.command("build-bench")
+def build_bench(
+    images: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of large images."),
+    labels: Path = typer.Option(..., exists=True, help="Label file or folder."),
+    out: Path = typer.Option(..., help="Output folder; rerunning resumes from its files."),
+    api_base: str | None = typer.Option(None, help="OpenAI-compatible API base URL."),
+    model: str | None = typer.Option(None, help="Vision model name on that API."),
+    api_key: str | None = typer.Option(
+        None, envvar="OPENAI_API_KEY", show_default=False, help="API key (or OPENAI_API_KEY)."
+    ),
+    label_format: str | None = typer.Option(
+        None, "--format", help="dota, fair1m, json or geojson (default: from file suffix)."
+    ),
+    stages: str = typer.Option(
+        "targets,crops,qa,quality,export", help="Comma-separated stages to run."
+    ),
+    resolutions: str = typer.Option("0.25,1,4", help="Quality-check budgets in megapixels."),
+    max_concurrency: int = typer.Option(4, min=1, help="API requests in flight at once."),
+    max_targets: int = typer.Option(8, min=1, help="Targets per image at most."),
+    pairs: int = typer.Option(5, min=1, help="QA pairs asked for per target."),
+    min_gain: float = typer.Option(0.0, help="Accuracy rise a category needs to be kept."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for one API reply."),
+    max_retries: int = typer.Option(5, min=0, help="Retries on 429, 5xx and timeouts."),
+    subset: str = typer.Option("LRS", help="Exported question ids are SUBSET_n."),
+    seed: int = typer.Option(0, help="Seed of every random choice."),
+) -> None:
+    """Build an LRS-VQA-style benchmark from detection labels (paper Sec. 4.2).
+
+    Stages: targets (unique references), crops (red-box visual prompt), qa (vision LLM),
+    quality (accuracy vs. resolution, quality.png), export (lrs_vqa.jsonl, summary.json).
+
+    Example: lrsvqa build-bench --images imgs --labels labels --out bench
+    --api-base http://localhost:8000/v1 --model Qwen2-VL-7B-Instruct
+    """
+    from rich.console import Console
+
+    from lrsvqa.bench.construct.llm import ApiSettings
+    from lrsvqa.bench.construct.pipeline import BuildConfig, build_benchmark, report_lines
+    from lrsvqa.bench.labels import LABEL_SUFFIXES
+
+    if label_format is not None and label_format not in LABEL_SUFFIXES:
+        raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    api = None
+    if api_base and model:
+        api = ApiSettings(
+            base_url=api_base,
+            model=model,
+            api_key=api_key or "EMPTY",
+            timeout=timeout,
+            max_retries=max_retries,
+        )
+    elif {"qa", "quality"} & set(chosen):
+        raise typer.BadParameter("the qa and quality stages need --api-base and --model")
+    config = BuildConfig(
+        images=images,
+        labels=labels,
+        out=out,
+        label_format=label_format,  # type: ignore[arg-type]
+        api=api,
+        megapixels=tuple(_float_list(resolutions)),
+        max_concurrency=max_concurrency,
+        max_targets_per_image=max_targets,
+        pairs_per_target=pairs,
+        min_gain=min_gain,
+        subset=subset,
+        seed=seed,
+    )
+    try:
+        reports = build_benchmark(config, chosen)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    console = Console()
+    for line in report_lines(reports):
+        console.print(line, markup=False, highlight=False)
+
+
+@app.command()
+def pyramid(
+    image: Path = typer.Argument(..., help="Large image (TIFF/GeoTIFF/BigTIFF, PNG or JPEG)."),
+    overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
+    tile_size: int = typer.Option(336, min=1, help="Tile side B (336 for CLIP-L/14-336)."),
+    min_short_side: int = typer.Option(1008, min=1, help="Halve until the short side is this."),
+    bands: str | None = typer.Option(None, help="Bands shown as RGB (0-based), e.g. 3,2,1."),
+    no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
+) -> None:
+    """Print an image's Dynamic Image Pyramid: level sizes, tile grids, scales.
+
+    Example: lrsvqa pyramid scene.tif --overlay grid.png
+    """
+    from rich.console import Console
+
+    from lrsvqa.imagery.display import pyramid_table, save_grid_overlay
+    from lrsvqa.imagery.errors import ImageReadError
+    from lrsvqa.imagery.reader import DEFAULT_MAX_PIXELS
+    from lrsvqa.imagery.tiles import PyramidReader
+
+    console = Console()
+    try:
+        reader = PyramidReader.open(
+            image,
+            tile_size=tile_size,
+            min_short_side=min_short_side,
+            bands=_int_list(bands),
+            max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
+        )
+    except ImageReadError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    with reader:
+        console.print(pyramid_table(reader))
+        if overlay is not None:
+            console.print(f"tile-grid overlay written to {save_grid_overlay(reader, overlay)}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("outputs/demo"), help="Folder for the scene and figures."),
+) -> None:
+    """Run the end-to-end demo on a synthetic scene (no download needed)."""
+    from lrsvqa.imagery.demo import run_pyramid_demo
+
+    run_pyramid_demo(out_dir)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="World folder; scenes go to OUT/SPLIT/."),
+    scenes: int = typer.Option(..., "--scenes", min=1, help="Number of scenes."),
+    min_side: int = typer.Option(8192, help="Smallest side in pixels (>= 2048)."),
+    max_side: int = typer.Option(32768, help="Largest side in pixels."),
+    seed: int = typer.Option(0, help="World seed."),
+    split: str = typer.Option("test", help="Split name; splits with one seed differ."),
+) -> None:
+    """Generate synthetic scenes (pyramidal TIFF + JSON labels + manifest); reruns reuse them.
+
+    Example: lrsvqa synth --out data/synth --scenes 24 --min-side 8192 --max-side 32768 --seed 0
+    """
+    from lrsvqa.synthetic import generate_world
+    from lrsvqa.synthetic.scene import MIN_SIDE
+
+    if not MIN_SIDE <= min_side <= max_side:
+        raise typer.BadParameter(f"need {MIN_SIDE} <= --min-side <= --max-side")
+    manifest = generate_world(
+        out,
+        num_scenes=scenes,
+        min_side=min_side,
+        max_side=max_side,
+        seed=seed,
+        split=split,
+        log=typer.echo,
+    )
+    typer.echo(f"{len(manifest['scenes'])} scenes in {out / split / 'manifest.json'}")
+
+
+@app.command()
+def distill(
+    model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id (frozen)."),
+    data: Path = typer.Option(..., exists=True, dir_okay=False, help="LLaVA-format JSON."),
+    out: Path = typer.Option(..., "--out", help="Output folder: RFM, log, checkpoints."),
+    image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
+    rfm_layers: str | None = typer.Option(None, help="LLM layers the RFM starts from: 1,5,11,14."),
+    pairs: str | None = typer.Option(
+        None, help="Distilled RFM:LLM layer pairs, e.g. 0:1,3:14 (default: first and last)."
+    ),
+    steps: int = typer.Option(1000, min=1, help="Optimizer steps of the whole schedule."),
+    stop_after: int | None = typer.Option(
+        None, min=1, help="Stop this run at this step (checkpointed); --resume continues."
+    ),
+    lr: float = typer.Option(1e-4, help="Peak learning rate (warm-up, cosine decay)."),
+    batch_size: int = typer.Option(1, min=1, help="Conversations per process per micro-batch."),
+    grad_accum: int = typer.Option(1, min=1, help="Micro-batches per optimizer step."),
+    lambda_hr: float = typer.Option(2.0, help="Weight of the high-resolution KL."),
+    lambda_mse: float = typer.Option(1.0, help="Weight of the high-resolution MSE."),
+    lambda_kl: float = typer.Option(1.0, help="Weight of the KL terms."),
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
+    cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
+    dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
+    log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+    resume_from: Path | None = typer.Option(None, help="Continue from this checkpoint folder."),
+    eval_size: int = typer.Option(0, min=0, help="Conversations to measure agreement on."),
+    eval_data: Path | None = typer.Option(None, help="Held-out JSON for that measurement."),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader workers reading tiles."),
+    seed: int = typer.Option(0, help="Seed of data order and randomness."),
+) -> None:
+    """Distil the Region Focus Module from the frozen LLM's attention (paper Sec. 4.1.2).
+
+    Multi-GPU / multi-node: accelerate launch [--multi_gpu | --config_file ...] "$(which lrsvqa)"
+    distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
+
+    Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
+    --rfm-layers 1,5,11,14 --pairs 0:1,3:14 --steps 2000 --grad-accum 8 --bf16
+    """
+    import json
+
+    from lrsvqa.train.distill import DistillConfig
+    from lrsvqa.train.distill import distill as run_distill
+    from lrsvqa.train.losses import LossWeights
+    from lrsvqa.train.teacher import parse_pairs
+
+    try:
+        chosen_pairs = parse_pairs(pairs) if pairs else None
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--pairs") from error
+    config = DistillConfig(
+        model=model,
+        data=data,
+        out_dir=out,
+        image_root=image_root,
+        rfm_layers=_int_list(rfm_layers),
+        pairs=chosen_pairs,
+        steps=steps,
+        stop_after=stop_after,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        weights=LossWeights(hr=lambda_hr, mse=lambda_mse, kl=lambda_kl),
+        mixed_precision="bf16" if bf16 else "no",
+        cpu=cpu,
+        model_dtype=dtype,
+        min_short_side=min_short_side,
+        seed=seed,
+        num_workers=num_workers,
+        log_every=log_every,
+        save_every=save_every,
+        resume=resume_from or resume,
+        eval_data=eval_data,
+        eval_size=eval_size,
+    )
+    report = run_distill(config)
+    if report.is_main_process:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+
+
+@app.command()
+def flops(
+    config: Path = typer.Option(..., exists=True, help="LLaVA config.json (or its folder)."),
+    image_size: str = typer.Option("4000x4000", help="WIDTHxHEIGHT in pixels."),
+    strategies: str = typer.Option(
+        "anyres-p144,visionzip,fastv,pdrop,prumerge++,c2f", help="Comma-separated names."
+    ),
+    c2f_tiles: float | None = typer.Option(
+        None, help="c2f: average tiles per level below the first (0 = never descends)."
+    ),
+    trace: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="c2f: eval answers JSONL to average tiles from."
+    ),
+    alpha: float = typer.Option(0.25, help="c2f retain ratio."),
+    max_tiles: int = typer.Option(80, help="c2f N_max; also the c2f-nodip grid budget."),
+    grid_tiles: int = typer.Option(144, help="Anyres grid under VisionZip/PruMerge+/FastV/PDrop."),
+    rfm_layers: int = typer.Option(4, help="RFM layers counted per pyramid level."),
+    min_short_side: int = typer.Option(1008, help="DIP: halve until the short side is this."),
+) -> None:
+    """Theoretical LLM TFLOPs of the vision tokens per strategy (FastV/PDrop formula).
+
+    Example: lrsvqa flops --config llava/config.json --image-size 4000x4000 --c2f-tiles 4
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from lrsvqa.flops import (
+        CountOptions,
+        c2f_tiles_from_trace,
+        flops_table,
+        load_model_dims,
+        parse_image_size,
+    )
+
+    names = [name.strip() for name in strategies.split(",") if name.strip()]
+    try:
+        height, width = parse_image_size(image_size)
+        dims = load_model_dims(config, rfm_layers=rfm_layers)
+        if trace is not None and c2f_tiles is None:
+            c2f_tiles = c2f_tiles_from_trace(trace.read_text().splitlines())
+        if "c2f" in names and c2f_tiles is None:
+            raise ValueError("c2f depends on the question: give --c2f-tiles or --trace")
+        options = CountOptions(
+            reduction_grid_tiles=grid_tiles,
+            alpha=alpha,
+            max_tiles=max_tiles,
+            c2f_tiles=c2f_tiles,
+            min_short_side=min_short_side,
+        )
+        rows = flops_table(dims, height, width, names, options)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    table = Table(title=f"theoretical FLOPs, {width}x{height} px")
+    for column in ("strategy", "vision tokens encoded", "vision tokens to LLM", "TFLOPs"):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for row in rows:
+        table.add_row(
+            row["strategy"],
+            f"{row['vision_tokens_encoded']:,}",
+            f"{row['tokens_to_llm']:,}",
+            f"{row['tflops']:.2f}",
+        )
+    table.caption = (
+        f"LLM d={dims.hidden_size} m={dims.intermediate_size} layers={dims.num_layers}, "
+        f"{dims.tokens_per_tile} tokens/tile"
+        + (f", c2f {c2f_tiles:g} tiles/level" if c2f_tiles is not None else "")
+    )
+    Console().print(table)
