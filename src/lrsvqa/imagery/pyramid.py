@@ -28,6 +28,21 @@ DEFAULT_MIN_SHORT_SIDE = 1008
 _EDGE_EPS = 1e-6
 
 
+def _content_to_image(
+    box: Box, resized_size: tuple[int, int], image_height: int, image_width: int
+) -> Box:
+    """Scale a box on a resized-and-padded canvas back to original pixels, clipped."""
+    rh, rw = resized_size
+    sy, sx = image_height / rh, image_width / rw
+    x0, y0, x1, y1 = box
+    return (
+        min(max(x0 * sx, 0.0), image_width),
+        min(max(y0 * sy, 0.0), image_height),
+        min(max(x1 * sx, 0.0), image_width),
+        min(max(y1 * sy, 0.0), image_height),
+    )
+
+
 @dataclass(frozen=True)
 class Level:
     """One DIP level: a downsampled copy of the image cut into ``B`` x ``B`` tiles.
@@ -93,15 +108,7 @@ class Level:
 
     def canvas_to_image(self, box: Box) -> Box:
         """Map a box in this level's canvas pixels to original-image pixels, clipped."""
-        rh, rw = self.resized_size
-        sy, sx = self.image_height / rh, self.image_width / rw
-        x0, y0, x1, y1 = box
-        return (
-            min(max(x0 * sx, 0.0), self.image_width),
-            min(max(y0 * sy, 0.0), self.image_height),
-            min(max(x1 * sx, 0.0), self.image_width),
-            min(max(y1 * sy, 0.0), self.image_height),
-        )
+        return _content_to_image(box, self.resized_size, self.image_height, self.image_width)
 
     def image_to_canvas(self, box: Box) -> Box:
         """Map a box in original-image pixels to this level's canvas pixels."""
@@ -192,15 +199,7 @@ class Thumbnail:
 
     def canvas_to_image(self, box: Box) -> Box:
         """Map a thumbnail-canvas box to original-image pixels, clipped."""
-        rh, rw = self.resized_size
-        sy, sx = self.image_height / rh, self.image_width / rw
-        x0, y0, x1, y1 = box
-        return (
-            min(max(x0 * sx, 0.0), self.image_width),
-            min(max(y0 * sy, 0.0), self.image_height),
-            min(max(x1 * sx, 0.0), self.image_width),
-            min(max(y1 * sy, 0.0), self.image_height),
-        )
+        return _content_to_image(box, self.resized_size, self.image_height, self.image_width)
 
 
 @dataclass(frozen=True)
