@@ -58,6 +58,7 @@ from lrsvqa.pruning.visionzip import visionzip_crops
 
 REDUCTION_GRID_TILES = 144
 NODIP_GRID_TILES = DEFAULT_MAX_TILES
+FULLRES_MAX_TILES = 1024
 
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
@@ -199,6 +200,63 @@ class ThumbnailStrategy(_ModelStrategy):
         n = int(tokens.shape[0])
         count = TokenCount(self.name, n, self._all_layers(n))
         return self._result(answer, count, int(embeds.shape[1]), {"thumbnail_tokens": n})
+
+
+@dataclass
+class FullResolutionImage:
+    """Thumbnail and every tile of the finest DIP level, read ahead of the model."""
+
+    thumbnail: np.ndarray
+    tiles: list[np.ndarray]
+    positions: list[tuple[int, int]]
+
+
+class FullResolutionStrategy(_ModelStrategy):
+    """Every tile of the original-resolution level: the "unlimited grid" of paper Fig. 1(b).
+
+    The cost grows with the image area, so images needing more than ``max_tiles`` tiles
+    are refused with an error (recorded per item by the runner): "where it fits".
+    Vision tokens do not depend on the question, so the encoding of the last prepared
+    image is reused for the next question on it.
+    """
+
+    def __init__(
+        self, name: str, adapter: LlavaAdapter, max_new_tokens: int, max_tiles: int
+    ) -> None:
+        super().__init__(name, adapter, max_new_tokens)
+        self.max_tiles = max_tiles
+        self._encoded: tuple[int, torch.Tensor] | None = None
+
+    def prepare(self, image_path: Path) -> FullResolutionImage:
+        """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
+        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+            finest = len(reader.geometry.levels) - 1
+            level = reader.geometry.levels[finest]
+            if level.num_tiles > self.max_tiles:
+                raise ValueError(
+                    f"{image_path}: full resolution needs {level.num_tiles} tiles, "
+                    f"more than max_tiles={self.max_tiles}"
+                )
+            positions = level.tiles()
+            tiles = [reader.tile(finest, row, col) for row, col in positions]
+            return FullResolutionImage(reader.thumbnail(), tiles, positions)
+
+    @torch.no_grad()
+    def answer(self, prepared: FullResolutionImage, question: str) -> StrategyResult:
+        """Answer from the thumbnail and all full-resolution tokens."""
+        adapter = self.adapter
+        if self._encoded is None or self._encoded[0] != id(prepared):
+            tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
+            hr = tokens[1:].reshape(-1, adapter.hidden_size)
+            positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
+            sequence, _, _ = layout_vision_tokens(hr, positions, tokens[0], adapter.image_newline)
+            self._encoded = (id(prepared), sequence)
+        sequence = self._encoded[1]
+        embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
+        answer = adapter.generate(embeds, self.max_new_tokens)
+        encoded = (1 + len(prepared.tiles)) * adapter.tokens_per_tile
+        count = TokenCount(self.name, encoded, self._all_layers(int(sequence.shape[0])))
+        return self._result(answer, count, int(embeds.shape[1]), {"tiles": len(prepared.tiles)})
 
 
 class AnyresStrategy(_ModelStrategy):
@@ -460,6 +518,13 @@ def make_anyres(max_tiles: int, **options: Any) -> AnyresStrategy:
     return AnyresStrategy(name, common.adapter(), common.max_new_tokens, max_tiles)
 
 
+def make_fullres(**options: Any) -> FullResolutionStrategy:
+    """Factory of ``fullres`` (option ``max_tiles``, default 1,024)."""
+    common, own = CommonOptions.split("fullres", options, ("max_tiles",))
+    max_tiles = int(own.get("max_tiles", FULLRES_MAX_TILES))
+    return FullResolutionStrategy("fullres", common.adapter(), common.max_new_tokens, max_tiles)
+
+
 def make_visionzip(**options: Any) -> CropReductionStrategy:
     """Factory of ``visionzip`` (options ``grid_tiles``, ``retained``)."""
     common, own = CommonOptions.split("visionzip", options, ("grid_tiles", "retained"))
@@ -544,6 +609,7 @@ def make_c2f(nodip: bool, **options: Any) -> CoarseToFineStrategy:
 register_strategy("thumbnail", make_thumbnail)
 for _tiles in ANYRES_MAX_TILES:
     register_strategy(f"anyres-p{_tiles}", partial(make_anyres, _tiles))
+register_strategy("fullres", make_fullres)
 register_strategy("visionzip", make_visionzip)
 register_strategy("prumerge++", make_prumerge)
 register_strategy("fastv", make_fastv)

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from lrsvqa.pruning.registry import build_strategy
+from tests.tiny_models import WORDS
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model, processor = build_tiny_llava(WORDS)
+    return save_tiny_llava(model, processor, tmp_path_factory.mktemp("fullres") / "model")
+
+
+def _image(path, height, width):
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_fullres_feeds_every_finest_tile_and_reuses_the_encoding(model_dir, tmp_path):
+    strategy = build_strategy("fullres", model_path=str(model_dir), max_new_tokens=3)
+    prepared = strategy.prepare(_image(tmp_path / "a.png", 1300, 700))
+    assert len(prepared.tiles) == 4 * 3  # 1300x700 -> 4x3 tiles at r = 1.034
+    first = strategy.answer(prepared, "what color is the ship?")
+    grid_rows = 4 * 8
+    assert first.vision_tokens_encoded == (1 + 12) * 64
+    assert first.vision_tokens_to_llm == 64 + 12 * 64 + grid_rows
+    encoded = strategy._encoded[1]
+    second = strategy.answer(prepared, "how many ships are there?")
+    assert strategy._encoded[1] is encoded
+    assert second.vision_tokens_to_llm == first.vision_tokens_to_llm
+
+
+def test_fullres_refuses_images_that_do_not_fit(model_dir, tmp_path):
+    strategy = build_strategy("fullres", model_path=str(model_dir), max_tiles=4)
+    with pytest.raises(ValueError, match="needs 12 tiles, more than max_tiles=4"):
+        strategy.prepare(_image(tmp_path / "b.png", 1300, 700))
