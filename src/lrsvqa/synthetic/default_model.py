@@ -1,0 +1,392 @@
+"""The embedded default: a tiny LLaVA-NeXT trained here on the synthetic world.
+
+No pretrained weights can be downloaded, so the demo and the synthetic benchmark use a
+tiny model trained from scratch on CPU: synthetic training scenes, template QA from
+their labels, supervised fine-tuning on DIP-shaped inputs (tiles at several pyramid
+levels, pruned the way coarse-to-fine inference prunes), then RFM distillation. The
+result is saved with ``save_pretrained`` and reused from a cache; it is loaded through
+the same ``from_pretrained`` path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.bench.templates import generate_questions
+from lrsvqa.imagery.pyramid import Box
+from lrsvqa.imagery.tiles import PyramidReader
+from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from lrsvqa.synthetic.objects import CATEGORIES, COLORS
+from lrsvqa.synthetic.scene import SceneSpec, generate_scene
+from lrsvqa.synthetic.world import generate_world
+from lrsvqa.train.sft import SFTConfig, SFTExample, VisualInput, train_sft
+
+READY_NAME = "READY.json"
+MODEL_DIRNAME = "model"
+RFM_DIRNAME = "rfm"
+
+
+def default_home() -> Path:
+    """Cache root: ``$LRSVQA_HOME`` or ``~/.cache/lrsvqa``."""
+    return Path(os.environ.get("LRSVQA_HOME", Path.home() / ".cache" / "lrsvqa")).expanduser()
+
+
+DISTILL_FIELDS = ("rfm_layers", "distill_pairs", "distill_steps", "distill_lr")
+
+
+@dataclass(frozen=True)
+class DefaultModelConfig:
+    """Recipe of the embedded default model.
+
+    Two cache stages, each named by a hash of the fields it depends on: the SFT model
+    (world, model size, optimisation) and, inside it, the distilled RFM (the
+    ``DISTILL_FIELDS``), so changing the distillation reuses the trained model.
+
+    The RFM layers are a sparse subset of the 6 LLM layers (like the paper's 1, 5, 11,
+    14 of 28): skipping layers is what makes the RFM cheap and what distillation must
+    compensate for; pairs map RFM layer index -> LLM layer (first and last).
+    """
+
+    train_scenes: int = 16
+    min_side: int = 3072
+    max_side: int = 6144
+    world_seed: int = 1
+    questions_per_scene: int = 3
+    hidden_size: int = 128
+    num_layers: int = 6
+    sft_steps: int = 1500
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    seed: int = 0
+    rfm_layers: tuple[int, ...] = (0, 2, 5)
+    distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
+    distill_steps: int = 200
+    distill_lr: float = 1e-4
+
+    def _hash(self, fields: dict[str, Any]) -> str:
+        text = json.dumps(fields, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+    def sft_key(self) -> str:
+        """Hash of what the trained model depends on."""
+        return self._hash({k: v for k, v in asdict(self).items() if k not in DISTILL_FIELDS})
+
+    def distill_key(self) -> str:
+        """Hash of what the distilled RFM depends on (beyond the model)."""
+        return self._hash({k: v for k, v in asdict(self).items() if k in DISTILL_FIELDS})
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """Where the trained default lives."""
+
+    root: Path
+    distill_key: str
+
+    @property
+    def model_dir(self) -> Path:
+        """``save_pretrained`` folder of the LLaVA-NeXT model."""
+        return self.root / MODEL_DIRNAME
+
+    @property
+    def rfm_dir(self) -> Path:
+        """Distilled RFM folder."""
+        return self.root / f"{RFM_DIRNAME}-{self.distill_key}"
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """Training reports of both stages."""
+        return {
+            "sft": json.loads((self.root / READY_NAME).read_text()),
+            "distill": json.loads((self.rfm_dir / READY_NAME).read_text()),
+        }
+
+
+@dataclass
+class TrainingRecord:
+    """One template question bound to its scene."""
+
+    scene: int
+    question: str
+    answer: str
+    targets: list[Box]
+
+
+def vocabulary(records: list[dict[str, Any]]) -> list[str]:
+    """Words of questions and answers plus every word the synthetic world can answer."""
+    words: set[str] = set()
+    texts = [r["text"] for r in records] + [str(r["ground_truth"]) for r in records]
+    texts += list(CATEGORIES) + [c.shape for c in CATEGORIES.values()] + list(COLORS)
+    texts += [str(n) for n in range(64)]
+    for text in texts:
+        for token in text.lower().replace("-", " - ").split():
+            words.update(_split_punctuation(token))
+    return sorted(words)
+
+
+def _split_punctuation(token: str) -> list[str]:
+    """Split leading/trailing punctuation the way the word tokenizer does."""
+    parts, current = [], ""
+    for char in token:
+        if char.isalnum() or char == "_":
+            current += char
+        else:
+            if current:
+                parts.append(current)
+            parts.append(char)
+            current = ""
+    if current:
+        parts.append(current)
+    return parts
+
+
+def _record_targets(record: dict[str, Any], objects: list[LabeledObject]) -> list[Box]:
+    """Boxes the answer depends on: the referred object, or every counted object."""
+    if record.get("hbox"):
+        return [tuple(float(v) for v in record["hbox"])]
+    noun = record["text"].lower()
+    counted = [o for o in objects if o.category.replace("-", " ") in noun.replace("-", " ")]
+    return [o.hbox for o in (counted or objects)]
+
+
+class TrainingSampler:
+    """Draws DIP-shaped training examples from the synthetic training split.
+
+    Each example picks a question, a pyramid level (the finest more often), the tiles of
+    that level covering the objects the answer depends on plus a few distractor tiles,
+    and drops a random share of the tokens away from objects, as pruning would.
+    """
+
+    def __init__(
+        self,
+        scenes: list[tuple[PyramidReader, list[LabeledObject]]],
+        records: list[TrainingRecord],
+        tokens_per_side: int,
+        seed: int,
+    ) -> None:
+        self.scenes = scenes
+        self.records = records
+        self.g = tokens_per_side
+        self.rng = random.Random(seed)
+        self._tile = lru_cache(maxsize=8192)(self._read_tile)
+        self._thumb = lru_cache(maxsize=None)(lambda s: self.scenes[s][0].thumbnail())
+
+    def _read_tile(self, scene: int, level: int, row: int, col: int) -> np.ndarray:
+        return self.scenes[scene][0].tile(level, row, col)
+
+    def _choose_level(self, reader: PyramidReader, targets: list[Box]) -> tuple[int, list]:
+        levels = reader.geometry.levels
+        order = [len(levels) - 1] if self.rng.random() < 0.6 else []
+        order += self.rng.sample(range(len(levels)), len(levels))
+        for index in order:
+            tiles = sorted({t for box in targets for t in levels[index].tiles_covering(box)})
+            if 0 < len(tiles) <= 2:
+                return index, tiles
+        return 0, levels[0].tiles()
+
+    def _keep_mask(
+        self, level, tiles: list[tuple[int, int]], objects: list[LabeledObject]
+    ) -> np.ndarray:
+        """Tokens touching an object are always kept; a random share of the rest too."""
+        from lrsvqa.pruning.coarse_to_fine import tile_token_positions
+
+        positions = tile_token_positions(tiles, self.g).astype(np.float64)
+        step = level.tile_size / self.g
+        rh, rw = level.resized_size
+        sx, sy = level.image_width / rw, level.image_height / rh
+        x0, y0 = positions[:, 1] * step * sx, positions[:, 0] * step * sy
+        x1, y1 = x0 + step * sx, y0 + step * sy
+        boxes = np.array([o.hbox for o in objects], dtype=np.float64).reshape(-1, 4)
+        touches = (
+            (x0[:, None] < boxes[None, :, 2])
+            & (boxes[None, :, 0] < x1[:, None])
+            & (y0[:, None] < boxes[None, :, 3])
+            & (boxes[None, :, 1] < y1[:, None])
+        )
+        keep_share = self.rng.uniform(0.15, 1.0)
+        noise = np.random.default_rng(self.rng.getrandbits(32)).random(len(positions))
+        mask = touches.any(axis=1) | (noise < keep_share)
+        if not mask.any():
+            mask[0] = True
+        return mask
+
+    def example(self) -> SFTExample:
+        """One random example."""
+        record = self.rng.choice(self.records)
+        reader, objects = self.scenes[record.scene]
+        index, tiles = self._choose_level(reader, record.targets)
+        level = reader.geometry.levels[index]
+        others = [t for t in level.tiles() if t not in tiles]
+        tiles = sorted(tiles + self.rng.sample(others, min(len(others), self.rng.randint(0, 1))))
+        visual = VisualInput(
+            thumbnail=self._thumb(record.scene),
+            tiles=[self._tile(record.scene, index, r, c) for r, c in tiles],
+            positions=tiles,
+            keep=self._keep_mask(level, tiles, objects),
+        )
+        return SFTExample(visual, record.question, record.answer)
+
+    def batch(self, step: int, batch_size: int) -> list[SFTExample]:
+        """``train_sft``'s sampling callback."""
+        return [self.example() for _ in range(batch_size)]
+
+
+def _load_split(manifest: dict[str, Any], split_dir: Path, config: DefaultModelConfig):
+    scenes, records, raw = [], [], []
+    for index, entry in enumerate(manifest["scenes"]):
+        objects = [
+            LabeledObject.from_dict(o)
+            for o in json.loads((split_dir / entry["labels"]).read_text())
+        ]
+        reader = PyramidReader.open(split_dir / entry["image"])
+        scenes.append((reader, objects))
+        for variant in range(config.questions_per_scene):
+            qs = generate_questions(
+                objects,
+                entry["image"],
+                (entry["height"], entry["width"]),
+                seed=config.seed * 1000 + index * 10 + variant,
+            )
+            raw.extend(qs)
+            records.extend(
+                TrainingRecord(
+                    index, q["text"], str(q["ground_truth"]), _record_targets(q, objects)
+                )
+                for q in qs
+            )
+    return scenes, records, raw
+
+
+def build_default_model(
+    home: Path | None = None,
+    config: DefaultModelConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> DefaultModel:
+    """Build (or reuse) the tiny default model and its distilled RFM.
+
+    Each stage is skipped when its cache entry is complete, so an interrupted build
+    resumes at the stage it lost and a new distillation recipe reuses the model.
+
+    Args:
+        home: Cache root (default :func:`default_home`).
+        config: The recipe.
+        log: Progress messages.
+    """
+    config = config or DefaultModelConfig()
+    result = DefaultModel(
+        (home or default_home()) / f"default-{config.sft_key()}", config.distill_key()
+    )
+    world_dir = result.root / "world"
+    if not (result.root / READY_NAME).is_file():
+        _train_default(result, world_dir, config, log)
+    if not (result.rfm_dir / READY_NAME).is_file():
+        _distill_default(result, world_dir, config, log)
+    return result
+
+
+def _training_split(world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]):
+    log(f"training scenes: {config.train_scenes} in {world_dir} (reused when present)")
+    manifest = generate_world(
+        world_dir,
+        num_scenes=config.train_scenes,
+        min_side=config.min_side,
+        max_side=config.max_side,
+        seed=config.world_seed,
+        split="train",
+    )
+    return _load_split(manifest, world_dir / "train", config)
+
+
+def _train_default(
+    result: DefaultModel, world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]
+) -> None:
+    """SFT stage: template QA on the training split, tiny model from scratch."""
+    torch.manual_seed(config.seed)
+    started = time.time()
+    scenes, records, raw = _training_split(world_dir, config, log)
+    log(f"{len(records)} template questions; training the tiny LLaVA-NeXT from scratch")
+    model, processor = build_tiny_llava(
+        vocabulary(raw),
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        seed=config.seed,
+    )
+    adapter = LlavaAdapter(model, processor)
+    sampler = TrainingSampler(scenes, records, adapter.tokens_per_side, config.seed)
+    sft = SFTConfig(
+        steps=config.sft_steps, batch_size=config.batch_size, learning_rate=config.learning_rate
+    )
+    result.root.mkdir(parents=True, exist_ok=True)
+    log_path = result.root / "sft_log.jsonl"
+    log_path.unlink(missing_ok=True)
+    losses = train_sft(adapter, sampler.batch, sft, log_path=log_path)
+    for reader, _ in scenes:
+        reader.close()
+    save_tiny_llava(adapter.model, adapter.processor, result.model_dir)
+    report = {
+        "config": asdict(config),
+        "questions": len(records),
+        "sft_loss_first": float(np.mean(losses[:25])),
+        "sft_loss_last": float(np.mean(losses[-25:])),
+        "sft_seconds": round(time.time() - started, 1),
+    }
+    (result.root / READY_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    log(
+        f"SFT done: loss {report['sft_loss_first']:.3f} -> {report['sft_loss_last']:.3f} "
+        f"in {report['sft_seconds']:.0f} s"
+    )
+
+
+def _distill_default(
+    result: DefaultModel, world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]
+) -> None:
+    """Distillation stage: train the RFM of the trained model on the training questions."""
+    from lrsvqa.bench.templates import to_llava_conversations
+    from lrsvqa.train.distill import DistillConfig, distill
+
+    scenes, _, raw = _training_split(world_dir, config, log)
+    for reader, _ in scenes:
+        reader.close()
+    started = time.time()
+    report = distill(
+        DistillConfig(
+            model=str(result.model_dir),
+            data=to_llava_conversations(raw),
+            out_dir=str(result.rfm_dir),
+            image_root=str(world_dir / "train"),
+            rfm_layers=list(config.rfm_layers),
+            pairs=[tuple(pair) for pair in config.distill_pairs],
+            steps=config.distill_steps,
+            lr=config.distill_lr,
+            save_every=0,
+            eval_size=32,
+            seed=config.seed,
+            progress=True,
+        )
+    )
+    summary = {"seconds": round(time.time() - started, 1), **asdict(report)}
+    (result.rfm_dir / READY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    log(
+        f"RFM distilled into {result.rfm_dir}: top-25% overlap with the LLM "
+        f"{report.before.overlap_last:.2f} -> {report.after.overlap_last:.2f}"
+    )
+
+
+def heldout_scene(seed: int, side: int) -> tuple[SceneSpec, Any]:
+    """A scene that is not in the training split (used by the demo)."""
+    spec = SceneSpec(seed=10_000 + seed, height=side, width=side)
+    return spec, generate_scene(spec)
