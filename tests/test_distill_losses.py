@@ -132,3 +132,17 @@ def test_top_overlap_counts_shared_top_tokens():
 def test_weights_must_be_non_negative():
     with pytest.raises(ValueError, match="non-negative"):
         LossWeights(hr=-1.0)
+
+
+def test_gradient_stays_finite_when_the_student_barely_sees_high_res_tokens():
+    # A trained model's student can put ~1e-5 of its mass on the high-res tokens, one of
+    # them ~1e-40: renormalising divides by that mass, and -teacher/student overflowed.
+    student = torch.tensor([1 - 1e-5, 1e-5, 1e-40], dtype=torch.float32)
+    student = student.view(1, 1, 1, 1, 3).requires_grad_(True)
+    teacher = torch.tensor([0.2, 0.4, 0.4]).view(1, 1, 1, 1, 3)
+    vision = torch.ones(1, 3, dtype=torch.bool)
+    hr = torch.tensor([[False, True, True]])
+    turns = torch.ones(1, 1, dtype=torch.bool)
+    terms = distillation_loss(student, teacher, vision, hr, turns, LossWeights())
+    terms.loss.backward()
+    assert torch.isfinite(terms.loss) and torch.isfinite(student.grad).all()

@@ -32,6 +32,7 @@ import torch
 from lrsvqa.pruning.coarse_to_fine import top_alpha
 
 _TINY = torch.finfo(torch.float32).tiny
+_LOG_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,12 @@ def restrict(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def row_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     """``KL(teacher || student)`` per row over the last dim; zero-probability keys add 0.
 
-    The student is clamped to the smallest normal float before the log: its softmax
-    rows are positive wherever the teacher's are, so this only guards underflow.
+    The student is floored at ``_LOG_FLOOR`` before the log. Its softmax rows are
+    positive wherever the teacher's are, but a near-zero student probability makes
+    the gradient ``-teacher / student`` overflow float32 (seen as NaN weights after a
+    few steps on a trained model); below the floor the gradient is simply zero.
     """
-    cross = teacher * torch.log(student.clamp_min(_TINY))
+    cross = teacher * torch.log(student.clamp_min(_LOG_FLOOR))
     return (torch.xlogy(teacher, teacher) - cross).sum(dim=-1)
 
 
