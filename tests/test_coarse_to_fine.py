@@ -231,3 +231,40 @@ def test_helpers():
     with pytest.raises(ValueError):
         CoarseToFineConfig(alpha=0)
     assert build_pyramid(4000, 3000).num_levels == 3
+
+
+def test_llava_onevision_with_siglip_runs_through_the_same_seams():
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        SiglipVisionConfig,
+    )
+
+    from lrsvqa.models.adapter import LlavaAdapter
+    from lrsvqa.models.tiny import build_word_tokenizer, tiny_text_config
+
+    tokenizer = build_word_tokenizer(["what", "color", "is", "the", "ship"])
+    vision = SiglipVisionConfig(
+        image_size=336,
+        patch_size=42,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=vision.to_dict(),
+        text_config=tiny_text_config(len(tokenizer), "qwen2"),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",  # SigLIP has no [CLS] token to drop
+    )
+    adapter = LlavaAdapter(LlavaOnevisionForConditionalGeneration(config).eval(), tokenizer)
+    assert adapter.tokens_per_tile == 64 and adapter.image_newline is not None
+    rfm = RegionFocusModule.from_llm(adapter, [0, 2, 4], training_free=True)
+    result = CapturingC2F(adapter, rfm, CoarseToFineConfig()).run(
+        ArraySource(random_image(2100, 1500)), "what color is the ship?"
+    )
+    rows = len({row for row, _ in result.retained_positions})
+    assert result.vision_tokens_to_llm == result.thumbnail_tokens + result.retained_tokens + rows
+    assert result.levels[0].tokens_encoded == 64 * len(result.levels[0].tiles_encoded)

@@ -198,7 +198,9 @@ class LlavaAdapter:
         template_owner = self.processor if hasattr(self.processor, "apply_chat_template") else None
         text = None
         if template_owner is not None and getattr(template_owner, "chat_template", None):
-            text = template_owner.apply_chat_template(messages, add_generation_prompt=True)
+            text = template_owner.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
         if text is None:
             text = f"USER: <image>\n{question} ASSISTANT:"
         image_token = getattr(self.processor, "image_token", None) or "<image>"
