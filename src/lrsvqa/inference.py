@@ -31,6 +31,8 @@ def load_model(
 ) -> LoadedModel:
     """Load a LLaVA checkpoint and a trained RFM, or the training-free RFM when none is given.
 
+    Models are shared per process with the evaluation strategies (one copy in memory).
+
     Args:
         model: Checkpoint folder or hub id.
         rfm: Folder written by ``RegionFocusModule.save`` (``lrsvqa distill --out``).
@@ -38,13 +40,10 @@ def load_model(
         dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
         device: Torch device.
     """
-    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
-    if rfm is not None:
-        return LoadedModel(adapter, RegionFocusModule.load(rfm, adapter), training_free=False)
-    module = RegionFocusModule.from_llm(
-        adapter, rfm_layers, training_free=True, base_model=str(model)
-    )
-    return LoadedModel(adapter, module, training_free=True)
+    from lrsvqa.pruning.strategies import shared_adapter, shared_rfm
+
+    adapter = shared_adapter(model, dtype, device)
+    return LoadedModel(adapter, shared_rfm(adapter, rfm, rfm_layers), training_free=rfm is None)
 
 
 def ask(

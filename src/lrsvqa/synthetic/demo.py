@@ -14,9 +14,7 @@ from rich.console import Console
 
 from lrsvqa.bench.labels import LabeledObject
 from lrsvqa.bench.templates import generate_questions
-from lrsvqa.inference import LoadedModel, ask, trace_table
-from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.inference import ask, load_model, trace_table
 from lrsvqa.pruning.coarse_to_fine import CoarseToFineConfig
 from lrsvqa.synthetic.default_model import DefaultModelConfig, build_default_model, default_home
 from lrsvqa.synthetic.scene import SceneSpec, generate_scene
@@ -64,8 +62,7 @@ def run_demo(
     home = home or default_home()
     out_dir = out_dir or home / "demo"
     trained = build_default_model(home, config, log=console.print)
-    adapter = LlavaAdapter.from_pretrained(trained.model_dir)
-    loaded = LoadedModel(adapter, RegionFocusModule.load(trained.rfm_dir, adapter), False)
+    loaded = load_model(trained.model_dir, trained.rfm_dir)
     console.print(f"model: {trained.model_dir}\nRFM: {trained.rfm_dir}")
     image, objects = demo_scene(out_dir, side, seed)
     console.print(f"scene: {image} ({side} x {side} px, {len(objects)} objects)")
