@@ -8,7 +8,13 @@ from PIL import Image
 from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
 from lrsvqa.bench.runner import summarize_trace
-from lrsvqa.flops import CountOptions, TokenCount, c2f_tiles_from_trace, count_strategy
+from lrsvqa.flops import (
+    STRATEGY_NAMES,
+    CountOptions,
+    TokenCount,
+    c2f_tiles_from_trace,
+    count_strategy,
+)
 from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.models.tiny import CHAT_TEMPLATE, build_tiny_llava, save_tiny_llava
 from lrsvqa.pruning.anyres import AnyresGeometry, grid_pinpoints, select_best_resolution
@@ -27,23 +33,10 @@ from lrsvqa.pruning.strategies import (
 )
 from lrsvqa.pruning.vision_attention import _encoder_parts, encode_with_cls_attention
 from lrsvqa.pruning.visionzip import visionzip_crops
-from tests.tiny_models import WORDS, random_image, tiny_adapter
+from tests.tiny_models import WORDS, random_image, tiny_adapter, vanilla_generate
 
 QUESTION = "what color is the ship ?"
 IMAGE_SIZE = (500, 800)
-ALL_STRATEGIES = (
-    "thumbnail",
-    "anyres-p4",
-    "anyres-p9",
-    "anyres-p25",
-    "anyres-p144",
-    "visionzip",
-    "prumerge++",
-    "fastv",
-    "pdrop",
-    "c2f",
-    "c2f-nodip",
-)
 
 
 def sharpen(adapter, seed=1):
@@ -73,13 +66,6 @@ def anyres_processor(adapter, max_tiles):
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
-
-
-def chat_text(processor, question=QUESTION):
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    ]
-    return processor.apply_chat_template(messages, add_generation_prompt=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -166,23 +152,12 @@ def test_anyres_answer_equals_vanilla_generation(sharp, image_path, monkeypatch)
     result = strategy.answer(prepared, QUESTION)
 
     processor = anyres_processor(sharp, 9)
-    image = Image.open(image_path)
-    inputs = processor(images=image, text=chat_text(processor), return_tensors="pt")
     pixel_values = sharp.pixel_values([prepared.base, *prepared.tiles])[None]
-    with torch.no_grad():
-        output = sharp.model.generate(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            pixel_values=pixel_values,
-            image_sizes=inputs.image_sizes,
-            max_new_tokens=8,
-            do_sample=False,
-        )
-    vanilla = processor.tokenizer.decode(
-        output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True
-    ).strip()
+    vanilla, prompt_length = vanilla_generate(
+        sharp.model, processor, Image.open(image_path), QUESTION, pixel_values, max_new_tokens=8
+    )
     assert result.answer == vanilla and len(set(vanilla.split())) > 1
-    assert result.tokens_to_llm == inputs.input_ids.shape[1]
+    assert result.tokens_to_llm == prompt_length
     assert prepared.geometry.grid == (2, 3)
 
 
@@ -342,7 +317,7 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
     }
     adapter = shared_adapter(model_dir)
     counts = CountOptions(visionzip_retained=16, max_tiles=4)
-    for name in ALL_STRATEGIES:
+    for name in STRATEGY_NAMES:
         strategy = build_strategy(
             name, model_path=str(model_dir), max_new_tokens=3, **options.get(name, {})
         )

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from lrsvqa.imagery.pyramid import build_pyramid, grid_geometry
 from lrsvqa.models.rfm import RegionFocusModule
@@ -13,7 +14,7 @@ from lrsvqa.pruning.coarse_to_fine import (
     tile_token_positions,
     top_alpha,
 )
-from tests.tiny_models import ArraySource, random_image, tiny_adapter
+from tests.tiny_models import ArraySource, random_image, tiny_adapter, vanilla_generate
 
 
 @pytest.fixture(scope="module")
@@ -76,35 +77,19 @@ def test_alpha_one_single_level_equals_vanilla_llava_next_generation(adapter, rf
     config = CoarseToFineConfig(alpha=1.0, max_new_tokens=8)
     result = CoarseToFine(adapter, rfm, config).run(source, "what color is the ship?")
 
-    processor, model = adapter.processor, adapter.model
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "image"}, {"type": "text", "text": "what color is the ship?"}],
-        }
-    ]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    from PIL import Image
-
-    inputs = processor(images=Image.fromarray(image), text=text, return_tensors="pt")
     tiles = [source.thumbnail()] + [
         source.tile(0, r, c) for r, c in source.geometry.levels[0].tiles()
     ]
-    pixel_values = adapter.pixel_values(tiles)[None]
-    with torch.no_grad():
-        output = model.generate(
-            input_ids=inputs.input_ids,
-            attention_mask=inputs.attention_mask,
-            pixel_values=pixel_values,
-            image_sizes=inputs.image_sizes,
-            max_new_tokens=8,
-            do_sample=False,
-        )
-    vanilla = processor.tokenizer.decode(
-        output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True
-    ).strip()
+    vanilla, prompt_length = vanilla_generate(
+        adapter.model,
+        adapter.processor,
+        Image.fromarray(image),
+        "what color is the ship?",
+        adapter.pixel_values(tiles)[None],
+        max_new_tokens=8,
+    )
     assert result.answer == vanilla
-    assert result.sequence_length == inputs.input_ids.shape[1]
+    assert result.sequence_length == prompt_length
 
 
 def test_planted_peak_selects_covering_tiles(adapter, rfm):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from lrsvqa.imagery.pyramid import PyramidGeometry, build_pyramid
@@ -55,3 +56,30 @@ class ArraySource:
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Random uint8 RGB image."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def chat_text(processor, question: str) -> str:
+    """The processor's chat prompt for one image and one question."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
+    ]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def vanilla_generate(
+    model, processor, image: Image.Image, question: str, pixel_values, max_new_tokens: int
+) -> tuple[str, int]:
+    """Hugging Face's own LLaVA-NeXT path on given pixels: (answer, prompt length)."""
+    inputs = processor(images=image, text=chat_text(processor, question), return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            pixel_values=pixel_values,
+            image_sizes=inputs.image_sizes,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    length = inputs.input_ids.shape[1]
+    answer = processor.tokenizer.decode(output[0, length:], skip_special_tokens=True).strip()
+    return answer, length
