@@ -11,7 +11,10 @@ vision tokens encoded, tokens into the LLM, seconds per question, and localisati
 recall (share of questions whose target box is covered by a selected finest tile).
 Answers are kept in the cache folder, so an interrupted run resumes.
 
-    python benchmarks/synthetic_world.py [--questions 300] [--scenes 20]
+    python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
+
+``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
+process and the rest in another; a last run without it finds every answer and prints.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--out", type=Path, default=CACHE)
     parser.add_argument("--home", type=Path, default=None, help="default-model cache root")
+    parser.add_argument("--only", default="", help="comma-separated strategies to run, no table")
     args = parser.parse_args()
     console = Console(width=200)
 
@@ -104,8 +108,14 @@ def main() -> None:
         "c2f (distilled RFM)": ("c2f", {"rfm_path": str(trained.rfm_dir), "alpha": args.alpha}),
         "c2f (training-free)": ("c2f", {"alpha": args.alpha}),
     }
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    known = {strategy for strategy, _ in runs.values()}
+    if only - known:
+        parser.error(f"unknown strategies {sorted(only - known)}; choose from {sorted(known)}")
     reports, outputs = {}, {}
     for label, (strategy, options) in runs.items():
+        if only and strategy not in only:
+            continue
         console.rule(label)
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
         output = args.out / "answers" / f"{slug}.jsonl"
@@ -121,6 +131,8 @@ def main() -> None:
         )
         reports[label] = outcome.report.to_dict()
         outputs[label] = output
+    if only:
+        return
     title = (
         f"synthetic world: {len(manifest['scenes'])} held-out scenes, {args.questions} questions"
     )

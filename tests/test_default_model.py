@@ -2,16 +2,20 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from lrsvqa.bench.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.synthetic import CATEGORIES, COLORS
 from lrsvqa.synthetic.default_model import (
+    MIN_LABEL_SCALE,
     READY_NAME,
     DefaultModelConfig,
     TrainingSampler,
     build_default_model,
+    recolor,
     vocabulary,
 )
 from lrsvqa.synthetic.demo import run_demo
@@ -22,7 +26,11 @@ MINI = DefaultModelConfig(
     max_side=2304,
     questions_per_scene=1,
     hidden_size=32,
+    vision_hidden_size=32,
     num_layers=4,
+    vision_steps=2,
+    token_loss_weight=0.5,
+    recolor_share=0.5,
     sft_steps=4,
     batch_size=2,
     rfm_layers=(0, 3),
@@ -47,9 +55,11 @@ def test_build_writes_loadable_model_rfm_and_report(built):
     assert report["distill"]["steps"] == 2 and report["distill"]["pairs"] == [[0, 0], [1, 3]]
     assert json.loads((built.root / READY_NAME).read_text()) == report["sft"]
     adapter = LlavaAdapter.from_pretrained(built.model_dir)
+    assert adapter.config.vision_config.hidden_size == MINI.vision_hidden_size
     rfm = RegionFocusModule.load(built.rfm_dir, adapter)
     assert rfm.rfm_config.layer_indices == [0, 3]
-    assert (built.root / "sft_log.jsonl").read_text().count("\n") >= 1
+    log = [json.loads(line) for line in (built.root / "sft_log.jsonl").read_text().splitlines()]
+    assert {line["phase"] for line in log} == {"vision", "sft"}
 
 
 def test_build_is_cached_and_keyed_by_recipe(home, built):
@@ -91,6 +101,7 @@ def test_sampler_keeps_target_tokens(built, home):
         max_side=MINI.max_side,
         seed=MINI.world_seed,
         split="train",
+        objects=MINI.objects_per_scene,
     )
     entry = manifest["scenes"][0]
     split = built.root / "world" / "train"
@@ -111,10 +122,65 @@ def test_sampler_keeps_target_tokens(built, home):
         TrainingRecord(0, q["text"], q["ground_truth"], _record_targets(q, objects))
         for q in questions
     ]
-    sampler = TrainingSampler([(reader, objects)], records, tokens_per_side=8, seed=0)
+    sampler = TrainingSampler(
+        [(reader, objects)], records, tokens_per_side=8, seed=0, label_tokens=True
+    )
     for _ in range(10):
         example = sampler.example()
         assert 1 <= len(example.visual.tiles) <= 3
         assert example.visual.keep.shape == (64 * len(example.visual.tiles),)
         assert example.visual.keep.any()
+        if example.visual.token_labels is not None:
+            assert example.visual.token_labels["colour"].shape == example.visual.keep.shape
+
+    # Token labels: at the finest level every object shows on a token of its own cell,
+    # with its colour and category; every labelled token lies on an object; coarse
+    # levels, where a token cannot resolve an object, get no labels.
+    levels = reader.geometry.levels
+    finest = levels[-1]
+    table = sampler._label_table(0, finest.index)
+    step = finest.tile_size / 8
+    rh, rw = finest.resized_size
+    sy, sx = rh / finest.image_height, rw / finest.image_width
+
+    def cell_box(row: int, col: int) -> tuple[float, float, float, float]:
+        return col * step / sx, row * step / sy, (col + 1) * step / sx, (row + 1) * step / sy
+
+    def overlaps(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    for obj in objects:
+        label = (list(COLORS).index(obj.color), list(CATEGORIES).index(obj.category))
+        assert any(v == label and overlaps(cell_box(*k), obj.hbox) for k, v in table.items())
+    for (row, col), (colour, category) in table.items():
+        assert any(
+            overlaps(cell_box(row, col), o.hbox)
+            and o.color == list(COLORS)[colour]
+            and o.category == list(CATEGORIES)[category]
+            for o in objects
+        )
+    coarse = [lv for lv in levels if lv.resized_size[1] / lv.image_width < MIN_LABEL_SCALE]
+    assert coarse and all(sampler._label_table(0, lv.index) == {} for lv in coarse)
     reader.close()
+
+
+def test_recolor_moves_body_colours_by_the_permutation_and_keeps_the_ground():
+    red, blue = np.array(COLORS["red"]), np.array(COLORS["blue"])
+    image = np.full((4, 4, 3), (90, 120, 60), dtype=np.uint8)
+    image[0, 0] = red
+    image[1, 1] = blue + 5  # a body pixel slightly changed by resampling
+    order = list(range(len(COLORS)))
+    r, b = list(COLORS).index("red"), list(COLORS).index("blue")
+    order[r], order[b] = b, r
+    out = recolor(image, order)
+    assert tuple(out[0, 0]) == COLORS["blue"]
+    assert tuple(out[1, 1]) == tuple(red + 5)
+    assert (out[2:] == image[2:]).all() and out.dtype == np.uint8
+
+
+def test_default_recipe_is_keyed_by_the_world_generator(monkeypatch):
+    from lrsvqa.synthetic import default_model
+
+    key = MINI.sft_key()
+    monkeypatch.setattr(default_model, "GENERATOR_VERSION", default_model.GENERATOR_VERSION + 1)
+    assert MINI.sft_key() != key

@@ -66,6 +66,16 @@ def test_world_specs_are_stable_prefixes_and_differ_by_split() -> None:
         world_specs(1, min_side=1024, max_side=4096, seed=0, split="test")
 
 
+def test_object_range_sets_the_count_and_leaves_the_layout_alone() -> None:
+    args = {"min_side": 2048, "max_side": 2304, "seed": 3, "split": "train"}
+    sparse = world_specs(2, **args)
+    dense = world_specs(2, objects=(20, 30), **args)
+    for a, b in zip(sparse, dense, strict=True):
+        assert (a.seed, a.height, a.width) == (b.seed, b.height, b.width)
+        assert (a.min_objects, a.max_objects) == (3, 12)
+        assert 20 <= len(generate_scene(b).objects) <= 30
+
+
 def test_world_writes_a_manifest_and_reuses_finished_scenes(tmp_path: Path, monkeypatch) -> None:
     args = {"min_side": 2048, "max_side": 2304, "seed": 5, "split": "dev"}
     first = generate_world(tmp_path, num_scenes=2, **args)

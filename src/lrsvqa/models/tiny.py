@@ -71,16 +71,18 @@ def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_vision_config(image_size: int = 336, patch_size: int = 42) -> CLIPVisionConfig:
+def tiny_vision_config(
+    image_size: int = 336, patch_size: int = 42, hidden_size: int = 64
+) -> CLIPVisionConfig:
     """A 2-layer CLIP vision tower: 336 px tiles into an 8 x 8 token grid by default."""
     return CLIPVisionConfig(
         image_size=image_size,
         patch_size=patch_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        projection_dim=64,
+        projection_dim=hidden_size,
     )
 
 
@@ -115,6 +117,7 @@ def build_tiny_llava(
     num_layers: int = 6,
     hidden_size: int = 64,
     patch_size: int = 42,
+    vision_hidden_size: int = 64,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, LlavaNextProcessor | LlavaProcessor]:
     """Build a randomly initialised tiny LLaVA model and its processor.
@@ -126,6 +129,7 @@ def build_tiny_llava(
         num_layers: Decoder layers of the LLM.
         hidden_size: LLM hidden size.
         patch_size: Vision patch size; 336 / patch_size tokens per tile side.
+        vision_hidden_size: Width of the CLIP vision tower.
         seed: Torch seed for the random initialisation.
 
     Returns:
@@ -133,7 +137,7 @@ def build_tiny_llava(
     """
     tokenizer = build_word_tokenizer(words)
     text_config = tiny_text_config(len(tokenizer), family, num_layers, hidden_size)
-    vision_config = tiny_vision_config(patch_size=patch_size)
+    vision_config = tiny_vision_config(patch_size=patch_size, hidden_size=vision_hidden_size)
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     common = {
         "vision_config": vision_config.to_dict(),

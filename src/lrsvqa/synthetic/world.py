@@ -76,13 +76,20 @@ def write_scene(scene: Scene, out_dir: str | Path, name: str | None = None) -> t
 
 
 def world_specs(
-    num_scenes: int, *, min_side: int, max_side: int, seed: int, split: str
+    num_scenes: int,
+    *,
+    min_side: int,
+    max_side: int,
+    seed: int,
+    split: str,
+    objects: tuple[int, int] = (3, 12),
 ) -> list[SceneSpec]:
     """Specs of a world's scenes; scene ``i`` does not depend on ``num_scenes``.
 
     The long side is uniform in ``[min_side, max_side]``, the aspect ratio up to
     1.5 (either orientation); the split name is hashed into the seed so that splits
-    with the same ``seed`` hold different scenes.
+    with the same ``seed`` hold different scenes. ``objects`` is the range of the
+    object count per scene.
     """
     if not MIN_SIDE <= min_side <= max_side:
         raise ValueError(f"need {MIN_SIDE} <= min_side <= max_side, got {min_side}, {max_side}")
@@ -93,7 +100,7 @@ def world_specs(
         short_side = max(min_side, round(long_side / rng.uniform(1.0, MAX_ASPECT)))
         tall = bool(rng.integers(2))
         height, width = (long_side, short_side) if tall else (short_side, long_side)
-        specs.append(SceneSpec(int(rng.integers(1 << 31)), height, width))
+        specs.append(SceneSpec(int(rng.integers(1 << 31)), height, width, *objects))
     return specs
 
 
@@ -124,6 +131,7 @@ def generate_world(
     max_side: int,
     seed: int,
     split: str = "test",
+    objects: tuple[int, int] = (3, 12),
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) a split of synthetic scenes and write its manifest.
@@ -135,6 +143,7 @@ def generate_world(
         max_side: Largest side length in pixels.
         seed: World seed.
         split: Split name, e.g. ``"train"`` or ``"test"``.
+        objects: Fewest and most objects per scene.
         log: Called with one line per scene (written or reused).
 
     Returns:
@@ -154,7 +163,9 @@ def generate_world(
         "max_side": max_side,
         "scenes": [],
     }
-    specs = world_specs(num_scenes, min_side=min_side, max_side=max_side, seed=seed, split=split)
+    specs = world_specs(
+        num_scenes, min_side=min_side, max_side=max_side, seed=seed, split=split, objects=objects
+    )
     for index, spec in enumerate(specs):
         scene_id = f"{split}-{index:04d}"
         entry = previous.get(scene_id)

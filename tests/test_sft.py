@@ -1,0 +1,94 @@
+"""Supervised fine-tuning on DIP-shaped inputs, with and without token heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lrsvqa.train.sft import (
+    IGNORE_INDEX,
+    SFTConfig,
+    SFTExample,
+    TokenHeads,
+    VisualInput,
+    build_batch,
+    encode_batch,
+    train_sft,
+)
+from tests.tiny_models import tiny_adapter
+
+RED, BLUE = (220, 30, 30), (30, 80, 235)
+
+
+def _example(colour: tuple[int, int, int], labelled: bool = True, size: int = 336) -> SFTExample:
+    """One tile of a single colour; its label is the colour's index on every token."""
+    tile = np.full((size, size, 3), colour, dtype=np.uint8)
+    labels = None
+    if labelled:
+        labels = {"colour": np.full(64, 0 if colour == RED else 1, dtype=np.int64)}
+        labels["colour"][:8] = IGNORE_INDEX
+    visual = VisualInput(tile // 2, [tile], [(0, 0)], token_labels=labels)
+    return SFTExample(visual, "what color is the ship ?", "red" if colour == RED else "blue")
+
+
+def test_token_head_loss_is_cross_entropy_over_labelled_tokens_only() -> None:
+    torch.manual_seed(0)
+    adapter = tiny_adapter()
+    heads = TokenHeads(adapter.hidden_size, {"colour": 2})
+    examples = [_example(RED), _example(BLUE, labelled=False), _example(BLUE)]
+    encoded = encode_batch(adapter, examples)
+    loss = heads.loss(encoded, examples)
+    # Independent computation: tiles are images 1, 3 and 5; the second has no labels.
+    tokens = torch.cat([encoded[1][8:], encoded[5][8:]])
+    target = torch.tensor([0] * 56 + [1] * 56)
+    expected = torch.nn.functional.cross_entropy(heads.heads["colour"](tokens), target)
+    torch.testing.assert_close(loss, expected)
+    assert heads.loss(encoded[:4], examples[1:2]).item() == 0.0
+
+
+def test_vision_steps_train_the_vision_path_and_leave_the_llm_alone() -> None:
+    torch.manual_seed(0)
+    adapter = tiny_adapter()
+    llm_before = {k: v.clone() for k, v in adapter.model.model.language_model.state_dict().items()}
+    tower_before = adapter.model.model.vision_tower.state_dict()[
+        "embeddings.patch_embedding.weight"
+    ].clone()
+    config = SFTConfig(steps=0, batch_size=2, vision_steps=3, token_heads={"colour": 2})
+    losses = train_sft(adapter, lambda step, n: [_example(RED), _example(BLUE)], config)
+    assert losses == []
+    for name, value in adapter.model.model.language_model.state_dict().items():
+        torch.testing.assert_close(value, llm_before[name], msg=name)
+    tower_after = adapter.model.model.vision_tower.state_dict()["embeddings.patch_embedding.weight"]
+    assert not torch.equal(tower_after, tower_before)
+    assert not adapter.model.training
+
+
+def _first_answer_word(adapter, example: SFTExample) -> str:
+    embeds, _, labels = build_batch(adapter, [example])
+    start = int((labels[0] != IGNORE_INDEX).nonzero()[0])
+    with torch.no_grad():
+        logits = adapter.model(inputs_embeds=embeds[:, :start]).logits[0, -1]
+    return adapter.tokenizer.decode([int(logits.argmax())]).strip()
+
+
+def test_trained_model_reads_the_colour_and_the_log_records_both_phases(tmp_path) -> None:
+    torch.manual_seed(0)
+    adapter = tiny_adapter()
+    rng = np.random.default_rng(0)
+    config = SFTConfig(
+        steps=30,
+        batch_size=4,
+        learning_rate=3e-3,
+        vision_steps=20,
+        token_heads={"colour": 2},
+        log_every=10,
+    )
+    batches = lambda step, n: [_example(RED if rng.random() < 0.5 else BLUE) for _ in range(n)]  # noqa: E731
+    log = tmp_path / "sft.jsonl"
+    losses = train_sft(adapter, batches, config, log_path=log)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    # The answer follows the image, not a prior.
+    assert _first_answer_word(adapter, _example(RED)) == "red"
+    assert _first_answer_word(adapter, _example(BLUE)) == "blue"
+    lines = [line for line in log.read_text().splitlines()]
+    assert '"phase": "vision"' in lines[0] and '"phase": "sft"' in lines[-1]
