@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lrsvqa.train.sft import (
@@ -92,3 +93,8 @@ def test_trained_model_reads_the_colour_and_the_log_records_both_phases(tmp_path
     assert _first_answer_word(adapter, _example(BLUE)) == "blue"
     lines = [line for line in log.read_text().splitlines()]
     assert '"phase": "vision"' in lines[0] and '"phase": "sft"' in lines[-1]
+
+
+def test_vision_steps_without_token_heads_are_refused() -> None:
+    with pytest.raises(ValueError, match="token_heads"):
+        SFTConfig(vision_steps=5)

@@ -205,6 +205,10 @@ class SFTConfig:
     token_loss_weight: float = 0.5
     vision_steps: int = 0
 
+    def __post_init__(self) -> None:
+        if self.vision_steps and not self.token_heads:
+            raise ValueError("vision_steps train the token heads alone: set token_heads too")
+
 
 def train_sft(
     adapter: LlavaAdapter,
