@@ -32,7 +32,7 @@ from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
 from lrsvqa.pruning.coarse_to_fine import tile_token_positions
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS
-from lrsvqa.synthetic.scene import SceneSpec, generate_scene
+from lrsvqa.synthetic.scene import DEFAULT_OBJECT_RANGE, SceneSpec, generate_scene
 from lrsvqa.synthetic.world import GENERATOR_VERSION, generate_world
 from lrsvqa.train.sft import SFTConfig, SFTExample, VisualInput, train_sft
 
@@ -76,7 +76,7 @@ class DefaultModelConfig:
     train_scenes: int = 16
     min_side: int = 3072
     max_side: int = 6144
-    objects_per_scene: tuple[int, int] = (3, 12)
+    objects_per_scene: tuple[int, int] = DEFAULT_OBJECT_RANGE
     world_seed: int = 1
     questions_per_scene: int = 3
     hidden_size: int = 128

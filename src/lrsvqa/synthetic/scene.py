@@ -21,6 +21,7 @@ from lrsvqa.synthetic.objects import CATEGORIES, COLORS, OUTLINE_WIDTH, SceneObj
 from lrsvqa.synthetic.terrain import Region, Terrain, make_terrain
 
 MIN_SIDE = 2048
+DEFAULT_OBJECT_RANGE = (3, 12)  # fewest and most objects per scene unless asked otherwise
 RENDER_BLOCK = 512
 EDGE_MARGIN = 32
 MIN_GAP = 32
@@ -66,8 +67,8 @@ class SceneSpec:
     seed: int
     height: int
     width: int
-    min_objects: int = 3
-    max_objects: int = 12
+    min_objects: int = DEFAULT_OBJECT_RANGE[0]
+    max_objects: int = DEFAULT_OBJECT_RANGE[1]
 
     def __post_init__(self) -> None:
         if min(self.height, self.width) < MIN_SIDE:

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 
 from lrsvqa.imagery.writer import write_pyramidal_tiff
-from lrsvqa.synthetic.scene import MIN_SIDE, Scene, SceneSpec, generate_scene
+from lrsvqa.synthetic.scene import (
+    DEFAULT_OBJECT_RANGE,
+    MIN_SIDE,
+    Scene,
+    SceneSpec,
+    generate_scene,
+)
 
 # Bump when rendering or placement changes, so cached scenes are regenerated.
 GENERATOR_VERSION = 1
@@ -82,7 +88,7 @@ def world_specs(
     max_side: int,
     seed: int,
     split: str,
-    objects: tuple[int, int] = (3, 12),
+    objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
 ) -> list[SceneSpec]:
     """Specs of a world's scenes; scene ``i`` does not depend on ``num_scenes``.
 
@@ -131,7 +137,7 @@ def generate_world(
     max_side: int,
     seed: int,
     split: str = "test",
-    objects: tuple[int, int] = (3, 12),
+    objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) a split of synthetic scenes and write its manifest.

@@ -74,6 +74,18 @@ def encode_batch(adapter: LlavaAdapter, examples: list[SFTExample]) -> torch.Ten
     return adapter.encode_pixels(adapter.pixel_values(images))
 
 
+def split_encoded(
+    encoded: torch.Tensor, examples: list[SFTExample]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(thumbnail, tiles)`` tokens of each example, cut from :func:`encode_batch`'s output."""
+    parts, cursor = [], 0
+    for example in examples:
+        count = len(example.visual.tiles)
+        parts.append((encoded[cursor], encoded[cursor + 1 : cursor + 1 + count]))
+        cursor += 1 + count
+    return parts
+
+
 def build_batch(
     adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,12 +102,8 @@ def build_batch(
     if encoded is None:
         encoded = encode_batch(adapter, examples)
     sequences, targets = [], []
-    cursor = 0
-    for example in examples:
+    for example, (thumbnail, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
         visual = example.visual
-        thumbnail = encoded[cursor]
-        tiles = encoded[cursor + 1 : cursor + 1 + len(visual.tiles)]
-        cursor += 1 + len(visual.tiles)
         tokens = tiles.reshape(-1, adapter.hidden_size)
         positions = tile_token_positions(visual.positions, adapter.tokens_per_side)
         if visual.keep is not None:
@@ -139,11 +147,8 @@ class TokenHeads(nn.Module):
             examples: The batch; examples without ``token_labels`` add nothing.
         """
         tokens, labels = [], {name: [] for name in self.heads}
-        cursor = 0
-        for example in examples:
+        for example, (_, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
             visual = example.visual
-            tiles = encoded[cursor + 1 : cursor + 1 + len(visual.tiles)]
-            cursor += 1 + len(visual.tiles)
             if visual.token_labels is None:
                 continue
             tokens.append(tiles.reshape(-1, tiles.shape[-1]))
