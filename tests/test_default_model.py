@@ -16,6 +16,7 @@ from lrsvqa.synthetic.default_model import (
     TrainingSampler,
     build_default_model,
     recolor,
+    token_label_table,
     vocabulary,
 )
 from lrsvqa.synthetic.demo import run_demo
@@ -31,6 +32,8 @@ MINI = DefaultModelConfig(
     vision_steps=2,
     token_loss_weight=0.5,
     recolor_share=0.5,
+    added_objects=(1, 3),
+    placements_per_scene=20,
     sft_steps=4,
     batch_size=2,
     rfm_layers=(0, 3),
@@ -138,7 +141,7 @@ def test_sampler_keeps_target_tokens(built, home):
     # levels, where a token cannot resolve an object, get no labels.
     levels = reader.geometry.levels
     finest = levels[-1]
-    table = sampler._label_table(0, finest.index)
+    table = token_label_table(finest, objects, 8)
     step = finest.tile_size / 8
     rh, rw = finest.resized_size
     sy, sx = rh / finest.image_height, rw / finest.image_width
@@ -160,7 +163,7 @@ def test_sampler_keeps_target_tokens(built, home):
             for o in objects
         )
     coarse = [lv for lv in levels if lv.resized_size[1] / lv.image_width < MIN_LABEL_SCALE]
-    assert coarse and all(sampler._label_table(0, lv.index) == {} for lv in coarse)
+    assert coarse and all(token_label_table(lv, objects, 8) == {} for lv in coarse)
     reader.close()
 
 
@@ -184,3 +187,53 @@ def test_default_recipe_is_keyed_by_the_world_generator(monkeypatch):
     key = MINI.sft_key()
     monkeypatch.setattr(default_model, "GENERATOR_VERSION", default_model.GENERATOR_VERSION + 1)
     assert MINI.sft_key() != key
+
+
+def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
+    """Added objects are in the pixels, the token labels and the questions, anew each time."""
+    from lrsvqa.imagery.tiles import PyramidReader
+    from lrsvqa.synthetic.scene import SceneSpec, candidate_placements, generate_scene
+
+    split = built.root / "world" / "train"
+    entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
+    scene = generate_scene(SceneSpec.from_dict(entry["spec"]))
+    placements = candidate_placements(scene, 60, seed=0)
+    reader = PyramidReader.open(split / entry["image"])
+    sampler = TrainingSampler(
+        [(reader, list(scene.objects))],
+        [],
+        tokens_per_side=8,
+        seed=0,
+        finest_level_share=1.0,
+        label_tokens=True,
+        layouts=[(scene, placements)],
+        added_objects=(2, 4),
+        question_weights={"object color": 1e9},
+    )
+    finest = reader.geometry.levels[-1]
+    scene_labels = token_label_table(finest, list(scene.objects), 8)
+    colour_answers, checked = [], 0
+    for _ in range(60):
+        example = sampler.example()
+        colour_answers.append(example.answer)
+        labels = example.visual.token_labels
+        if labels is None or len(example.visual.tiles) * 64 != len(labels["colour"]):
+            continue
+        for n, (row, col) in enumerate(example.visual.positions):
+            tile = example.visual.tiles[n]
+            for cell in range(64):
+                colour = labels["colour"][n * 64 + cell]
+                global_cell = (row * 8 + cell // 8, col * 8 + cell % 8)
+                if colour == len(COLORS) or global_cell in scene_labels:
+                    continue
+                # A token labelled with an added object shows that object's colour.
+                r, c = divmod(cell, 8)
+                pixels = tile[r * 42 : (r + 1) * 42, c * 42 : (c + 1) * 42].reshape(-1, 3)
+                target = np.array(COLORS[list(COLORS)[colour]])
+                assert (np.abs(pixels.astype(int) - target).max(axis=1) <= 12).sum() >= 20
+                checked += 1
+    assert checked >= 5
+    # The weights ask only colour questions; on one scene their answers still spread
+    # over the palette, so they cannot be memorised.
+    assert set(colour_answers) <= set(COLORS) and len(set(colour_answers)) >= 6
+    reader.close()

@@ -131,3 +131,54 @@ def test_spec_validation() -> None:
     spec = SceneSpec(seed=9, height=4096, width=2048, min_objects=4, max_objects=6)
     assert SceneSpec.from_dict(spec.to_dict()) == spec
     assert 4 <= len(generate_scene(spec).objects) <= 6
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """2x2 mean pooling, the ideal downsampling of a pyramid level."""
+    h, w = image.shape[:2]
+    return image.astype(float).reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+
+
+def test_painting_resampled_objects_matches_rendering_them() -> None:
+    """At scale 1 painting equals drawing; at half scale it nearly equals a downsampled render."""
+    import dataclasses
+
+    from lrsvqa.synthetic.objects import paint_resampled
+
+    scene = generate_scene(SPECS[1])
+    bare = dataclasses.replace(scene, shapes=())
+    for shape in scene.shapes[:3]:
+        x0, y0, x1, y1 = shape.bounds(10)
+        x1, y1 = x0 + (x1 - x0) // 2 * 2, y0 + (y1 - y0) // 2 * 2
+        h, w = y1 - y0, x1 - x0
+        window = bare.render_window(y0, x0, h, w)
+        paint_resampled(window, (x0, y0, x1, y1), [shape])
+        assert np.array_equal(window, scene.render_window(y0, x0, h, w))
+
+        small = np.rint(_halve(bare.render_window(y0, x0, h, w))).astype(np.uint8)
+        paint_resampled(small, (x0, y0, x1, y1), [shape])
+        error = np.abs(small - _halve(scene.render_window(y0, x0, h, w)))
+        # Edge pixels blend the object with the mean of all ground under them, not of
+        # the uncovered part only: a few grey levels, rare.
+        assert error.mean() < 0.5 and error.max() <= 12
+        centre = small[round((shape.cy - y0) / 2), round((shape.cx - x0) / 2)]
+        assert np.abs(centre.astype(int) - COLORS[shape.color]).max() <= 3
+
+
+def test_added_objects_are_apart_from_the_scene_and_take_new_colours() -> None:
+    from lrsvqa.synthetic.scene import MIN_AXIS_OFFSET, add_objects, candidate_placements
+
+    scene = generate_scene(SPECS[2])
+    placements = candidate_placements(scene, 100, seed=0)
+    assert {p.shape.category for p in placements} >= {"plane", "vehicle", "building"}
+    assert all(p.label().attributes["background"] == p.background for p in placements)
+    rng = np.random.default_rng(0)
+    colours = set()
+    for _ in range(20):
+        added = add_objects(scene, placements, 5, rng)
+        assert 1 <= len(added) <= 5
+        shapes = list(scene.shapes) + [p.shape for p in added]
+        for a, b in itertools.combinations(shapes, 2):
+            assert abs(a.cx - b.cx) >= MIN_AXIS_OFFSET and abs(a.cy - b.cy) >= MIN_AXIS_OFFSET
+        colours.update(p.shape.color for p in added)
+    assert colours == set(COLORS)

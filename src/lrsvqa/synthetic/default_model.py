@@ -25,14 +25,22 @@ import numpy as np
 import torch
 
 from lrsvqa.bench.labels import LabeledObject
-from lrsvqa.bench.templates import generate_questions
-from lrsvqa.imagery.pyramid import Box
+from lrsvqa.bench.templates import display_name, generate_questions, plural
+from lrsvqa.imagery.pyramid import Box, Level
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
 from lrsvqa.pruning.coarse_to_fine import tile_token_positions
-from lrsvqa.synthetic.objects import CATEGORIES, COLORS
-from lrsvqa.synthetic.scene import DEFAULT_OBJECT_RANGE, SceneSpec, generate_scene
+from lrsvqa.synthetic.objects import CATEGORIES, COLORS, SceneObject, paint_resampled
+from lrsvqa.synthetic.scene import (
+    DEFAULT_OBJECT_RANGE,
+    Placement,
+    Scene,
+    SceneSpec,
+    add_objects,
+    candidate_placements,
+    generate_scene,
+)
 from lrsvqa.synthetic.world import GENERATOR_VERSION, generate_world
 from lrsvqa.train.sft import SFTConfig, SFTExample, VisualInput, train_sft
 
@@ -89,6 +97,9 @@ class DefaultModelConfig:
     token_loss_weight: float = 0.0
     vision_steps: int = 0
     recolor_share: float = 0.0
+    added_objects: tuple[int, int] = (0, 0)
+    placements_per_scene: int = 200
+    question_weights: tuple[tuple[str, float], ...] = ()
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
@@ -149,6 +160,7 @@ def vocabulary(records: list[dict[str, Any]]) -> list[str]:
     words: set[str] = set()
     texts = [r["text"] for r in records] + [str(r["ground_truth"]) for r in records]
     texts += list(CATEGORIES) + [c.shape for c in CATEGORIES.values()] + list(COLORS)
+    texts += [plural(display_name(name)) for name in CATEGORIES]
     texts += [str(n) for n in range(64)]
     for text in texts:
         for token in text.lower().replace("-", " - ").split():
@@ -188,11 +200,17 @@ class TrainingSampler:
     that level covering the objects the answer depends on plus a few distractor tiles,
     and drops a random share of the tokens away from objects, as pruning would.
 
+    With ``layouts`` (each scene with placements that suit its terrain), every example
+    first adds ``added_objects`` fresh objects of random colours to the scene, painted
+    into the tiles and thumbnail, and asks a template question about the enlarged
+    scene, drawn with ``question_weights`` by question category (default 1): a few
+    hundred fixed objects are otherwise easier to memorise than to look at, and the
+    same question about the same scene gets a new answer every time.
+
     With ``label_tokens``, at levels where objects are resolvable it also labels every
     tile token with the colour and category of the object covering it (for the SFT token
     heads), and repaints ``recolor_share`` of those examples with a random permutation
-    of the palette, the answer and labels following: a few hundred objects are
-    otherwise easier to memorise than to look at.
+    of the palette, the answer and labels following.
     """
 
     def __init__(
@@ -205,8 +223,14 @@ class TrainingSampler:
         finest_level_share: float = 0.6,
         label_tokens: bool = False,
         recolor_share: float = 0.0,
+        layouts: list[tuple[Scene, list[Placement]]] | None = None,
+        added_objects: tuple[int, int] = (0, 0),
+        question_weights: dict[str, float] | None = None,
     ) -> None:
         self.scenes = scenes
+        self.layouts = layouts
+        self.added_objects = added_objects
+        self.question_weights = question_weights or {}
         self.records = records
         self.g = tokens_per_side
         self.rng = random.Random(seed)
@@ -215,7 +239,11 @@ class TrainingSampler:
         self.recolor_share = recolor_share
         self._tile = lru_cache(maxsize=8192)(self._read_tile)
         self._thumb = lru_cache(maxsize=None)(lambda s: self.scenes[s][0].thumbnail())
-        self._labels = lru_cache(maxsize=None)(self._label_table)
+        self._labels = lru_cache(maxsize=None)(
+            lambda s, i: token_label_table(
+                self.scenes[s][0].geometry.levels[i], self.scenes[s][1], self.g
+            )
+        )
 
     def _read_tile(self, scene: int, level: int, row: int, col: int) -> np.ndarray:
         return self.scenes[scene][0].tile(level, row, col)
@@ -254,38 +282,12 @@ class TrainingSampler:
             mask[0] = True
         return mask
 
-    def _label_table(self, scene: int, index: int) -> dict[tuple[int, int], tuple[int, int]]:
-        """Global token ``(row, col)`` -> ``(colour, category)`` of the objects of a level.
-
-        A token is labelled with an object when it holds at least
-        ``TOKEN_OBJECT_SHARE`` of the object's pixels; empty at levels too coarse to
-        resolve objects.
-        """
-        reader, objects = self.scenes[scene]
-        level = reader.geometry.levels[index]
-        rh, rw = level.resized_size
-        sy, sx = rh / level.image_height, rw / level.image_width
-        if min(sx, sy) < MIN_LABEL_SCALE:
-            return {}
-        step = level.tile_size / self.g
-        table: dict[tuple[int, int], tuple[int, int]] = {}
-        for obj in objects:
-            if obj.rbox is None or obj.color not in COLORS:
-                continue
-            ys, xs = _polygon_pixels(obj.rbox)
-            cells, counts = np.unique(
-                np.stack([(ys + 0.5) * sy // step, (xs + 0.5) * sx // step], axis=1).astype(int),
-                axis=0,
-                return_counts=True,
-            )
-            label = (list(COLORS).index(obj.color), list(CATEGORIES).index(obj.category))
-            for cell in cells[counts >= TOKEN_OBJECT_SHARE * counts.sum()]:
-                table[(int(cell[0]), int(cell[1]))] = label
-        return table
-
-    def _token_labels(self, scene: int, index: int, tiles: list) -> dict[str, np.ndarray] | None:
+    def _token_labels(
+        self, scene: int, index: int, tiles: list, added: list[LabeledObject]
+    ) -> dict[str, np.ndarray] | None:
         """Colour and category class of every token of ``tiles`` (last class: no object)."""
-        table = self._labels(scene, index)
+        level = self.scenes[scene][0].geometry.levels[index]
+        table = {**self._labels(scene, index), **token_label_table(level, added, self.g)}
         if not table:
             return None
         positions = tile_token_positions(tiles, self.g)
@@ -296,17 +298,47 @@ class TrainingSampler:
                 colour[n], category[n] = table[(row, col)]
         return {"colour": colour, "category": category}
 
+    def _question(self) -> tuple[int, list[Placement], str, str, list[Box]]:
+        """A scene, the objects added to it, a question, its answer and its target boxes."""
+        if self.layouts is None:
+            record = self.rng.choice(self.records)
+            return record.scene, [], record.question, record.answer, record.targets
+        scene = self.rng.randrange(len(self.scenes))
+        layout, placements = self.layouts[scene]
+        count = self.rng.randint(*self.added_objects)
+        added = add_objects(
+            layout, placements, count, np.random.default_rng(self.rng.getrandbits(32))
+        )
+        objects = self.scenes[scene][1] + [p.label() for p in added]
+        questions = generate_questions(
+            objects, "scene", (layout.height, layout.width), seed=self.rng.getrandbits(32)
+        )
+        weights = [self.question_weights.get(q["category"], 1.0) for q in questions]
+        q = self.rng.choices(questions, weights)[0]
+        return scene, added, q["text"], str(q["ground_truth"]), _record_targets(q, objects)
+
     def example(self) -> SFTExample:
         """One random example."""
-        record = self.rng.choice(self.records)
-        reader, objects = self.scenes[record.scene]
-        index, tiles = self._choose_level(reader, record.targets)
+        scene, added, question, answer, targets = self._question()
+        reader, scene_objects = self.scenes[scene]
+        shapes = [p.shape for p in added]
+        added_labels = [p.label() for p in added]
+        objects = scene_objects + added_labels
+        index, tiles = self._choose_level(reader, targets)
         level = reader.geometry.levels[index]
         others = [t for t in level.tiles() if t not in tiles]
         tiles = sorted(tiles + self.rng.sample(others, min(len(others), self.rng.randint(0, 1))))
-        images = [self._tile(record.scene, index, r, c) for r, c in tiles]
-        labels = self._token_labels(record.scene, index, tiles) if self.label_tokens else None
-        answer = record.answer
+        images = [self._tile(scene, index, r, c) for r, c in tiles]
+        thumbnail = self._thumb(scene)
+        if shapes:
+            images = [
+                paint_tile(image, level, r, c, shapes)
+                for image, (r, c) in zip(images, tiles, strict=True)
+            ]
+            thumbnail = paint_thumbnail(thumbnail, reader, shapes)
+        labels = (
+            self._token_labels(scene, index, tiles, added_labels) if self.label_tokens else None
+        )
         if labels is not None and self.rng.random() < self.recolor_share:
             order = list(range(len(COLORS)))
             self.rng.shuffle(order)
@@ -316,17 +348,72 @@ class TrainingSampler:
             if answer in COLORS:
                 answer = list(COLORS)[order[list(COLORS).index(answer)]]
         visual = VisualInput(
-            thumbnail=self._thumb(record.scene),
+            thumbnail=thumbnail,
             tiles=images,
             positions=tiles,
             keep=self._keep_mask(level, tiles, objects),
             token_labels=labels,
         )
-        return SFTExample(visual, record.question, answer)
+        return SFTExample(visual, question, answer)
 
     def batch(self, step: int, batch_size: int) -> list[SFTExample]:
         """``train_sft``'s sampling callback."""
         return [self.example() for _ in range(batch_size)]
+
+
+def token_label_table(
+    level: Level, objects: list[LabeledObject], tokens_per_side: int
+) -> dict[tuple[int, int], tuple[int, int]]:
+    """Global token ``(row, col)`` -> ``(colour, category)`` of the objects of a level.
+
+    A token is labelled with an object when it holds at least ``TOKEN_OBJECT_SHARE``
+    of the object's pixels; empty at levels too coarse to resolve objects.
+    """
+    rh, rw = level.resized_size
+    sy, sx = rh / level.image_height, rw / level.image_width
+    if min(sx, sy) < MIN_LABEL_SCALE:
+        return {}
+    step = level.tile_size / tokens_per_side
+    table: dict[tuple[int, int], tuple[int, int]] = {}
+    for obj in objects:
+        if obj.rbox is None or obj.color not in COLORS:
+            continue
+        ys, xs = _polygon_pixels(obj.rbox)
+        cells, counts = np.unique(
+            np.stack([(ys + 0.5) * sy // step, (xs + 0.5) * sx // step], axis=1).astype(int),
+            axis=0,
+            return_counts=True,
+        )
+        label = (list(COLORS).index(obj.color), list(CATEGORIES).index(obj.category))
+        for cell in cells[counts >= TOKEN_OBJECT_SHARE * counts.sum()]:
+            table[(int(cell[0]), int(cell[1]))] = label
+    return table
+
+
+def paint_tile(
+    tile: np.ndarray, level: Level, row: int, col: int, shapes: list[SceneObject]
+) -> np.ndarray:
+    """A copy of tile ``(row, col)`` of ``level`` with ``shapes`` painted into its content."""
+    x0, y0, x1, y1 = (int(v) for v in level.tile_canvas_box(row, col))
+    rh, rw = level.resized_size
+    content_h, content_w = min(y1, rh) - y0, min(x1, rw) - x0
+    out = tile.copy()
+    if content_h > 0 and content_w > 0:
+        box = level.canvas_to_image((x0, y0, x0 + content_w, y0 + content_h))
+        paint_resampled(out[:content_h, :content_w], box, shapes)
+    return out
+
+
+def paint_thumbnail(
+    thumbnail: np.ndarray, reader: PyramidReader, shapes: list[SceneObject]
+) -> np.ndarray:
+    """A copy of the thumbnail with ``shapes`` painted into its content."""
+    geometry = reader.geometry
+    rh, rw = geometry.thumbnail.resized_size
+    out = thumbnail.copy()
+    whole = (0.0, 0.0, float(geometry.image_width), float(geometry.image_height))
+    paint_resampled(out[:rh, :rw], whole, shapes)
+    return out
 
 
 def recolor(image: np.ndarray, order: list[int]) -> np.ndarray:
@@ -444,6 +531,17 @@ def _train_default(
     )
     adapter = LlavaAdapter(model, processor)
     heads = config.token_loss_weight > 0
+    layouts = None
+    if config.added_objects[1] > 0:
+        manifest = json.loads((world_dir / "train" / "manifest.json").read_text())
+        layouts = []
+        for index, entry in enumerate(manifest["scenes"]):
+            layout = generate_scene(SceneSpec.from_dict(entry["spec"]))
+            placements = candidate_placements(
+                layout, config.placements_per_scene, seed=config.seed * 1000 + index
+            )
+            layouts.append((layout, placements))
+        log(f"{sum(len(p) for _, p in layouts)} placements for added objects")
     sampler = TrainingSampler(
         scenes,
         records,
@@ -452,6 +550,9 @@ def _train_default(
         finest_level_share=config.finest_level_share,
         label_tokens=heads,
         recolor_share=config.recolor_share,
+        layouts=layouts,
+        added_objects=config.added_objects,
+        question_weights=dict(config.question_weights),
     )
     sft = SFTConfig(
         steps=config.sft_steps,

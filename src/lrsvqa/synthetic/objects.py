@@ -13,7 +13,7 @@ coordinates, so it renders identically in any window that contains it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,9 +184,13 @@ class SceneObject:
         xs = np.arange(bx0, bx1, dtype=np.float64)
         sd = self.signed_distance(ys, xs)
         patch = out[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0]
-        outline = _LIGHT_OUTLINE if self.color == "black" else _DARK_OUTLINE
-        patch[sd < np.float32(OUTLINE_WIDTH)] = outline
+        patch[sd < np.float32(OUTLINE_WIDTH)] = self.outline_color
         patch[sd < 0] = COLORS[self.color]
+
+    @property
+    def outline_color(self) -> tuple[int, int, int]:
+        """Outline that contrasts with the body: light around black, dark otherwise."""
+        return _LIGHT_OUTLINE if self.color == "black" else _DARK_OUTLINE
 
     def rbox(self) -> tuple[tuple[float, float], ...]:
         """Corners of the rotated box around the shape, clockwise from the rear left."""
@@ -223,3 +227,58 @@ class SceneObject:
                 "length_px": round(self.length, 1),
             },
         )
+
+
+def paint_resampled(
+    out: NDArray[np.uint8],
+    image_box: tuple[float, float, float, float],
+    shapes: Sequence[SceneObject],
+) -> None:
+    """Paint objects into a window that shows ``image_box`` resampled to ``out``'s size.
+
+    ``out`` is, for instance, a pyramid tile or thumbnail of a scene rendered without
+    these objects. Each object is drawn at full resolution, box-filtered to the
+    window's scale and alpha-blended, so it looks as if it had been in the image when
+    the pyramid was made; at scale 1 with whole-pixel offsets this is :meth:`draw`.
+
+    Args:
+        out: ``(h, w, 3)`` uint8 RGB window, painted in place.
+        image_box: ``(x0, y0, x1, y1)`` full-resolution box that ``out`` shows.
+        shapes: Objects to paint; those outside the box are skipped.
+    """
+    from PIL import Image
+
+    h, w = out.shape[:2]
+    x0, y0, x1, y1 = image_box
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    for shape in shapes:
+        bx0, by0, bx1, by1 = shape.bounds(OUTLINE_WIDTH)
+        c0, c1 = max(0, math.floor((bx0 - x0) * sx)), min(w, math.ceil((bx1 - x0) * sx))
+        r0, r1 = max(0, math.floor((by0 - y0) * sy)), min(h, math.ceil((by1 - y0) * sy))
+        if c1 <= c0 or r1 <= r0:
+            continue
+        fx0, fx1 = x0 + c0 / sx, x0 + c1 / sx
+        fy0, fy1 = y0 + r0 / sy, y0 + r1 / sy
+        ix0, iy0 = math.floor(fx0), math.floor(fy0)
+        ix1, iy1 = math.ceil(fx1), math.ceil(fy1)
+        sd = shape.signed_distance(
+            np.arange(iy0, iy1, dtype=np.float64), np.arange(ix0, ix1, dtype=np.float64)
+        )
+        alpha = (sd < np.float32(OUTLINE_WIDTH)).astype(np.float32)
+        body = sd < 0
+        layers = [alpha]
+        for channel in range(3):
+            colour = np.where(body, COLORS[shape.color][channel], shape.outline_color[channel])
+            layers.append(alpha * colour.astype(np.float32))
+        box = (fx0 - ix0, fy0 - iy0, fx1 - ix0, fy1 - iy0)
+        a, *premultiplied = (
+            np.asarray(
+                Image.fromarray(layer, mode="F").resize(
+                    (c1 - c0, r1 - r0), Image.Resampling.BOX, box=box
+                )
+            )
+            for layer in layers
+        )
+        region = out[r0:r1, c0:c1].astype(np.float32)
+        blended = region * (1 - a[..., None]) + np.stack(premultiplied, axis=-1)
+        out[r0:r1, c0:c1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -145,6 +145,22 @@ def _grid(lo: float, hi: float, step: float) -> NDArray[np.float64]:
     return np.arange(lo, hi, step, dtype=np.float64)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """An object checked against the terrain, with the surroundings its labels state.
+
+    Its colour does not affect where it may stand, so one placement serves any colour.
+    """
+
+    shape: SceneObject
+    background: str
+    setting: str
+
+    def label(self) -> LabeledObject:
+        """The object's label."""
+        return self.shape.label(self.background, self.setting)
+
+
 @dataclass
 class _Placer:
     """Rejection sampler that places objects where their labels will be unambiguous."""
@@ -246,8 +262,8 @@ class _Placer:
             return "rural"
         return None
 
-    def place(self, name: str) -> bool:
-        """Try to place one object of category ``name``; whether it succeeded."""
+    def candidate(self, name: str) -> Placement | None:
+        """An object of category ``name`` that fits, with its surroundings, or None."""
         for _ in range(ATTEMPTS_PER_CATEGORY):
             obj = self._propose(name)
             if obj is None or not self._fits(obj):
@@ -255,10 +271,20 @@ class _Placer:
             background = self._background(obj)
             setting = self._setting(obj) if background else None
             if background and setting:
-                self.shapes.append(obj)
-                self.labels.append(obj.label(background, setting))
-                return True
-        return False
+                return Placement(obj, background, setting)
+        return None
+
+    def add(self, placement: Placement) -> None:
+        """Keep a placement: later objects must stay clear of it."""
+        self.shapes.append(placement.shape)
+        self.labels.append(placement.label())
+
+    def place(self, name: str) -> bool:
+        """Try to place one object of category ``name``; whether it succeeded."""
+        placement = self.candidate(name)
+        if placement is not None:
+            self.add(placement)
+        return placement is not None
 
 
 def generate_scene(spec: SceneSpec) -> Scene:
@@ -282,3 +308,39 @@ def generate_scene(spec: SceneSpec) -> Scene:
     if len(placer.shapes) < spec.min_objects:
         raise RuntimeError(f"placed only {len(placer.shapes)} objects in scene {spec}")
     return Scene(spec, terrain, tuple(placer.shapes), tuple(placer.labels))
+
+
+def candidate_placements(scene: Scene, count: int, seed: int) -> list[Placement]:
+    """Up to ``count`` placements that suit ``scene``'s terrain but ignore each other.
+
+    Checking habitat, background and setting is what makes placing objects slow;
+    done once here, :func:`add_objects` can then draw many fresh layouts cheaply.
+    """
+    rng = np.random.default_rng(seed)
+    placer = _Placer.create(rng, scene.terrain)
+    names = list(CATEGORIES)
+    found = (placer.candidate(names[n % len(names)]) for n in range(count))
+    return [placement for placement in found if placement is not None]
+
+
+def add_objects(
+    scene: Scene, placements: list[Placement], count: int, rng: np.random.Generator
+) -> list[Placement]:
+    """Up to ``count`` of ``placements``, recoloured at random, clear of the scene and each other.
+
+    The same spacing rules as :func:`generate_scene` hold between all objects, so
+    position references over the scene's and the added objects stay unique.
+    """
+    placer = _Placer(rng, scene.terrain, np.empty((0, 2)), np.empty((0, 2)), 0.0, [], [])
+    placer.shapes.extend(scene.shapes)
+    added: list[Placement] = []
+    for index in rng.permutation(len(placements)):
+        if len(added) == count:
+            break
+        placement = placements[int(index)]
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        shape = replace(placement.shape, color=color)
+        if placer._fits(shape):
+            placer.shapes.append(shape)
+            added.append(Placement(shape, placement.background, placement.setting))
+    return added
