@@ -100,7 +100,6 @@ class DefaultModelConfig:
     added_objects: tuple[int, int] = (0, 0)
     placements_per_scene: int = 200
     question_weights: tuple[tuple[str, float], ...] = ()
-    anchor_colour_words: bool = False
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
@@ -560,7 +559,6 @@ def _train_default(
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         token_heads=TOKEN_HEADS if heads else {},
-        anchor_words={"colour": list(COLORS)} if heads and config.anchor_colour_words else {},
         token_loss_weight=config.token_loss_weight,
         vision_steps=config.vision_steps if heads else 0,
     )

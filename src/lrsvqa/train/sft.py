@@ -128,68 +128,23 @@ def build_batch(
 
 
 class TokenHeads(nn.Module):
-    """Classifiers on projected tile tokens, one per labelled attribute.
-
-    A head is linear, or word-anchored: its first classes score a token by its dot
-    product with the LLM's output embedding of a word (the answer that names the
-    class), so the projector learns to put, say, a red object's token along the
-    direction from which the LLM writes "red"; copying that token to the answer
-    position is then all the LLM has to learn. Remaining classes stay linear.
+    """Linear classifiers on projected tile tokens, one per labelled attribute.
 
     Args:
         hidden_size: Width of the projected tokens (the LLM hidden size).
         classes: Number of classes of each head, by the name used in ``token_labels``.
-        anchors: Token ids of the words that anchor the first classes of a head.
     """
 
-    def __init__(
-        self,
-        hidden_size: int,
-        classes: dict[str, int],
-        anchors: dict[str, list[int]] | None = None,
-    ) -> None:
+    def __init__(self, hidden_size: int, classes: dict[str, int]) -> None:
         super().__init__()
-        anchors = anchors or {}
-        for name, ids in anchors.items():
-            if name not in classes or len(ids) >= classes[name]:
-                raise ValueError(f"anchors of head {name!r} must leave at least one class linear")
-        self.anchors = {name: list(ids) for name, ids in anchors.items()}
-        self.heads = nn.ModuleDict(
-            {
-                name: nn.Linear(hidden_size, n - len(self.anchors.get(name, ())))
-                for name, n in classes.items()
-            }
-        )
-        self.log_scales = nn.ParameterDict(
-            {name: nn.Parameter(torch.zeros(())) for name in self.anchors}
-        )
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, n) for name, n in classes.items()})
 
-    def logits(
-        self, name: str, features: torch.Tensor, output_embeddings: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Class scores of head ``name`` for ``(n, hidden)`` token features."""
-        linear = self.heads[name](features)
-        if name not in self.anchors:
-            return linear
-        if output_embeddings is None:
-            raise ValueError(f"head {name!r} is word-anchored: pass the output embeddings")
-        words = output_embeddings[self.anchors[name]].detach()
-        anchored = features @ words.T * self.log_scales[name].exp()
-        return torch.cat([anchored, linear], dim=-1)
-
-    def loss(
-        self,
-        encoded: torch.Tensor,
-        examples: list[SFTExample],
-        output_embeddings: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def loss(self, encoded: torch.Tensor, examples: list[SFTExample]) -> torch.Tensor:
         """Mean cross-entropy of every head over the labelled tile tokens of a batch.
 
         Args:
             encoded: Output of :func:`encode_batch` for ``examples``.
             examples: The batch; examples without ``token_labels`` add nothing.
-            output_embeddings: The LLM's ``(vocab, hidden)`` output embedding matrix,
-                for word-anchored heads (held fixed here: the answer loss moves it).
         """
         tokens, labels = [], {name: [] for name in self.heads}
         for example, (_, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
@@ -204,11 +159,11 @@ class TokenHeads(nn.Module):
         features = torch.cat(tokens)
         losses = [
             nn.functional.cross_entropy(
-                self.logits(name, features, output_embeddings),
+                head(features),
                 torch.cat(labels[name]).to(features.device),
                 ignore_index=IGNORE_INDEX,
             )
-            for name in self.heads
+            for name, head in self.heads.items()
         ]
         return torch.stack(losses).nan_to_num(0.0).mean()
 
@@ -224,14 +179,8 @@ def sft_loss(
     output = adapter.model(
         inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False
     )
-    if heads is None:
-        return output.loss, output.loss * 0.0
-    return output.loss, heads.loss(encoded, examples, _output_embeddings(adapter))
-
-
-def _output_embeddings(adapter: LlavaAdapter) -> torch.Tensor:
-    """The LLM's ``(vocab, hidden)`` output embedding matrix."""
-    return adapter.model.get_output_embeddings().weight
+    token_loss = heads.loss(encoded, examples) if heads is not None else output.loss * 0.0
+    return output.loss, token_loss
 
 
 @dataclass
@@ -246,8 +195,6 @@ class SFTConfig:
         weight_decay: AdamW weight decay.
         log_every: Steps between log lines.
         token_heads: Classes of each token head (empty: no heads).
-        anchor_words: Words that anchor the first classes of a token head, in class
-            order (see :class:`TokenHeads`); each must be one token of the tokenizer.
         token_loss_weight: Weight of the token-head loss next to the answer loss.
         vision_steps: Steps before the main ones that train only the vision tower,
             projector and heads on the token-head loss (cheap: no LLM pass).
@@ -260,16 +207,12 @@ class SFTConfig:
     weight_decay: float = 0.01
     log_every: int = 25
     token_heads: dict[str, int] = field(default_factory=dict)
-    anchor_words: dict[str, list[str]] = field(default_factory=dict)
     token_loss_weight: float = 0.5
     vision_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.vision_steps and not self.token_heads:
             raise ValueError("vision_steps train the token heads alone: set token_heads too")
-        unknown = set(self.anchor_words) - set(self.token_heads)
-        if unknown:
-            raise ValueError(f"anchor_words name heads that token_heads lacks: {sorted(unknown)}")
 
 
 def train_sft(
@@ -298,11 +241,7 @@ def train_sft(
     model.train()
     heads = None
     if config.token_heads:
-        anchors = {
-            name: [_single_token_id(adapter, word) for word in words]
-            for name, words in config.anchor_words.items()
-        }
-        heads = TokenHeads(adapter.hidden_size, config.token_heads, anchors).to(adapter.device)
+        heads = TokenHeads(adapter.hidden_size, config.token_heads).to(adapter.device)
     params = [*model.parameters(), *(heads.parameters() if heads else [])]
     losses: list[float] = []
     log = log_path.open("a") if log_path else None
@@ -329,8 +268,7 @@ def train_sft(
             bar = tqdm(range(config.vision_steps), desc="sft vision", leave=False)
             for step in bar:
                 examples = sample_batch(step, config.batch_size)
-                encoded = encode_batch(adapter, examples)
-                loss = heads.loss(encoded, examples, _output_embeddings(adapter))
+                loss = heads.loss(encode_batch(adapter, examples), examples)
                 _step(optimizer, loss, params)
                 token_losses.append(loss.item())
                 record("vision", step, [], token_losses, bar)
@@ -355,14 +293,6 @@ def train_sft(
             log.close()
         model.eval()
     return losses
-
-
-def _single_token_id(adapter: LlavaAdapter, word: str) -> int:
-    """Id of ``word`` as the tokenizer writes it alone; refuses words of several tokens."""
-    ids = adapter.processor.tokenizer(word, add_special_tokens=False).input_ids
-    if len(ids) != 1:
-        raise ValueError(f"anchor word {word!r} is {len(ids)} tokens; it must be exactly one")
-    return ids[0]
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
