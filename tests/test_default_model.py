@@ -34,6 +34,8 @@ MINI = DefaultModelConfig(
     recolor_share=0.5,
     added_objects=(1, 3),
     placements_per_scene=20,
+    question_weights=(("object color", 2.0),),
+    focus_steps=3,
     sft_steps=4,
     batch_size=2,
     rfm_layers=(0, 3),
@@ -191,6 +193,7 @@ def test_default_recipe_is_keyed_by_the_world_generator(monkeypatch):
 
 def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
     """Added objects are in the pixels, the token labels and the questions, anew each time."""
+    from lrsvqa.bench.templates import display_name
     from lrsvqa.imagery.tiles import PyramidReader
     from lrsvqa.synthetic.scene import SceneSpec, candidate_placements, generate_scene
 
@@ -209,12 +212,16 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
         layouts=[(scene, placements)],
         added_objects=(2, 4),
         question_weights={"object color": 1e9},
+        focus_steps=1,
+        focus_weights={"object category": 1.0},
     )
+    # The focus steps ask only the focus questions, then the weighted mix takes over.
+    names = {display_name(name) for name in CATEGORIES}
+    assert all(e.answer in names for e in sampler.batch(0, 8))
     finest = reader.geometry.levels[-1]
     scene_labels = token_label_table(finest, list(scene.objects), 8)
     colour_answers, checked = [], 0
-    for _ in range(60):
-        example = sampler.example()
+    for example in sampler.batch(1, 60):
         colour_answers.append(example.answer)
         labels = example.visual.token_labels
         if labels is None or len(example.visual.tiles) * 64 != len(labels["colour"]):
