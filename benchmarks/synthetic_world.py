@@ -9,7 +9,8 @@ coarse-to-fine with the distilled RFM and coarse-to-fine training-free.
 Prints one table: accuracy by category, overall (OA) and average (AA) accuracy,
 vision tokens encoded, tokens into the LLM, seconds per question, and localisation
 recall (share of questions whose target box is covered by a selected finest tile).
-Answers are kept in the cache folder, so an interrupted run resumes.
+Answers are kept in the cache folder, one sub-folder per trained model, so an
+interrupted run resumes and a new recipe starts afresh.
 
     python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
 
@@ -112,13 +113,15 @@ def main() -> None:
     known = {strategy for strategy, _ in runs.values()}
     if only - known:
         parser.error(f"unknown strategies {sorted(only - known)}; choose from {sorted(known)}")
+    # Answers are per model: a new recipe must not resume from another model's answers.
+    answers = args.out / "answers" / f"{trained.root.name}-{trained.distill_key}"
     reports, outputs = {}, {}
     for label, (strategy, options) in runs.items():
         if only and strategy not in only:
             continue
         console.rule(label)
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
-        output = args.out / "answers" / f"{slug}.jsonl"
+        output = answers / f"{slug}.jsonl"
         outcome = evaluate(
             EvalConfig(
                 bench="lrs-vqa",
