@@ -36,6 +36,8 @@ MINI = DefaultModelConfig(
     placements_per_scene=20,
     question_weights=(("object color", 2.0),),
     focus_steps=3,
+    grounding_layers=(1, 3),
+    search_share=0.3,
     sft_steps=4,
     batch_size=2,
     rfm_layers=(0, 3),
@@ -65,6 +67,7 @@ def test_build_writes_loadable_model_rfm_and_report(built):
     assert rfm.rfm_config.layer_indices == [0, 3]
     log = [json.loads(line) for line in (built.root / "sft_log.jsonl").read_text().splitlines()]
     assert {line["phase"] for line in log} == {"vision", "sft"}
+    assert all(line["grounding_loss"] > 0 for line in log if line["phase"] == "sft")
 
 
 def test_build_is_cached_and_keyed_by_recipe(home, built):
@@ -166,6 +169,60 @@ def test_sampler_keeps_target_tokens(built, home):
         )
     coarse = [lv for lv in levels if lv.resized_size[1] / lv.image_width < MIN_LABEL_SCALE]
     assert coarse and all(token_label_table(lv, objects, 8) == {} for lv in coarse)
+    reader.close()
+
+
+def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
+    """search_share=1: up to 3 x 3 neighbouring tiles around the target, its tokens marked."""
+    from lrsvqa.bench.templates import generate_questions
+    from lrsvqa.imagery.tiles import PyramidReader
+    from lrsvqa.synthetic.default_model import TrainingRecord, _record_targets
+
+    split = built.root / "world" / "train"
+    entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
+    objects = [
+        LabeledObject.from_dict(o) for o in json.loads((split / entry["labels"]).read_text())
+    ]
+    questions = generate_questions(
+        objects, entry["image"], (entry["height"], entry["width"]), seed=0
+    )
+    records = [
+        TrainingRecord(0, q["text"], q["ground_truth"], _record_targets(q, objects))
+        for q in questions
+        if q.get("hbox")
+    ]
+    assert records
+    reader = PyramidReader.open(split / entry["image"])
+    sampler = TrainingSampler([(reader, objects)], records, tokens_per_side=8, seed=0)
+    sampler.search_share = 1.0
+    levels = reader.geometry.levels
+    seen_levels = set()
+    for _ in range(20):
+        example = sampler.example()
+        target = next(r.targets[0] for r in records if r.question == example.question)
+        tiles = example.visual.positions
+        rows, cols = {r for r, _ in tiles}, {c for _, c in tiles}
+        # A full rectangle of neighbouring tiles, 3 wide where the level allows.
+        assert len(tiles) == len(rows) * len(cols) >= 4
+        assert max(rows) - min(rows) == len(rows) - 1 and max(cols) - min(cols) == len(cols) - 1
+        level = next(
+            lv
+            for lv in levels
+            if lv.num_tiles >= 4
+            and set(tiles) <= set(lv.tiles())
+            and set(lv.tiles_covering(target)) & set(tiles)
+        )
+        seen_levels.add(level.index)
+        flags = example.visual.target_tokens.reshape(len(tiles), 64)
+        for n, (row, col) in enumerate(tiles):
+            for cell in range(64):
+                r, c = row * 8 + cell // 8, col * 8 + cell % 8
+                x0, y0, x1, y1 = level.token_image_box(r, c, 8)
+                touches = x0 < target[2] and target[0] < x1 and y0 < target[3] and target[1] < y1
+                assert flags[n, cell] == touches
+        assert flags.any() and not flags.all(axis=1).all()
+        assert example.visual.keep[example.visual.target_tokens].all()
+    assert len(seen_levels) == sum(lv.num_tiles >= 4 for lv in levels)
     reader.close()
 
 

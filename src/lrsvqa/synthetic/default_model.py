@@ -115,6 +115,9 @@ class DefaultModelConfig:
     )
     focus_steps: int = 0
     focus_weights: tuple[tuple[str, float], ...] = (("object color", 1.0), ("object category", 1.0))
+    grounding_layers: tuple[int, ...] = ()
+    grounding_loss_weight: float = 0.1
+    search_share: float = 0.0
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
@@ -222,6 +225,10 @@ class TrainingSampler:
     hundred fixed objects are otherwise easier to memorise than to look at, and the
     same question about the same scene gets a new answer every time.
 
+    ``search_share`` of the examples show a window of up to 3 x 3 tiles around a
+    target at a random level instead, as the first coarse-to-fine levels do. Every
+    example marks the tokens touching its targets (for the SFT grounding loss).
+
     With ``label_tokens``, at levels where objects are resolvable it also labels every
     tile token with the colour and category of the object covering it (for the SFT token
     heads), and repaints ``recolor_share`` of those examples with a random permutation
@@ -243,8 +250,10 @@ class TrainingSampler:
         question_weights: dict[str, float] | None = None,
         focus_steps: int = 0,
         focus_weights: dict[str, float] | None = None,
+        search_share: float = 0.0,
     ) -> None:
         self.scenes = scenes
+        self.search_share = search_share
         self.layouts = layouts
         self.added_objects = added_objects
         self.question_weights = question_weights or {}
@@ -278,29 +287,55 @@ class TrainingSampler:
                 return index, tiles
         return 0, levels[0].tiles()
 
-    def _keep_mask(
-        self, level, tiles: list[tuple[int, int]], objects: list[LabeledObject]
-    ) -> np.ndarray:
-        """Tokens touching an object are always kept; a random share of the rest too."""
+    def _touching(self, level, tiles: list[tuple[int, int]], boxes: list[Box]) -> np.ndarray:
+        """Bool (tokens, boxes): which of the tiles' tokens (tile-major) touch which box."""
         positions = tile_token_positions(tiles, self.g).astype(np.float64)
         step = level.tile_size / self.g
         rh, rw = level.resized_size
         sx, sy = level.image_width / rw, level.image_height / rh
         x0, y0 = positions[:, 1] * step * sx, positions[:, 0] * step * sy
         x1, y1 = x0 + step * sx, y0 + step * sy
-        boxes = np.array([o.hbox for o in objects], dtype=np.float64).reshape(-1, 4)
-        touches = (
+        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        return (
             (x0[:, None] < boxes[None, :, 2])
             & (boxes[None, :, 0] < x1[:, None])
             & (y0[:, None] < boxes[None, :, 3])
             & (boxes[None, :, 1] < y1[:, None])
         )
+
+    def _keep_mask(
+        self, level, tiles: list[tuple[int, int]], objects: list[LabeledObject]
+    ) -> np.ndarray:
+        """Tokens touching an object are always kept; a random share of the rest too."""
+        touches = self._touching(level, tiles, [o.hbox for o in objects])
         keep_share = self.rng.uniform(0.15, 1.0)
-        noise = np.random.default_rng(self.rng.getrandbits(32)).random(len(positions))
+        noise = np.random.default_rng(self.rng.getrandbits(32)).random(len(touches))
         mask = touches.any(axis=1) | (noise < keep_share)
         if not mask.any():
             mask[0] = True
         return mask
+
+    def _search_tiles(self, reader: PyramidReader, targets: list[Box]) -> tuple[int, list] | None:
+        """A window of up to 3 x 3 tiles holding a target, at a random level with several tiles.
+
+        This is what coarse-to-fine asks of the model at its first levels: find the
+        object among many tiles, most of them without it.
+        """
+        levels = [lv for lv in reader.geometry.levels if lv.num_tiles >= 4]
+        if not levels or not targets:
+            return None
+        level = self.rng.choice(levels)
+        covering = level.tiles_covering(self.rng.choice(targets))
+        if not covering:
+            return None
+        row, col = self.rng.choice(covering)
+        rows, cols = level.grid
+        top = self.rng.randint(max(0, row - 2), min(row, max(0, rows - 3)))
+        left = self.rng.randint(max(0, col - 2), min(col, max(0, cols - 3)))
+        tiles = [
+            (r, c) for r in range(top, min(rows, top + 3)) for c in range(left, min(cols, left + 3))
+        ]
+        return level.index, tiles
 
     def _token_labels(
         self, scene: int, index: int, tiles: list, added: list[LabeledObject]
@@ -318,36 +353,47 @@ class TrainingSampler:
                 colour[n], category[n] = table[(row, col)]
         return {"colour": colour, "category": category}
 
-    def _question(self) -> tuple[int, list[Placement], str, str, list[Box]]:
-        """A scene, the objects added to it, a question, its answer and its target boxes."""
+    def _question(
+        self,
+    ) -> tuple[int, list[SceneObject], list[LabeledObject], str, str, list[Box]]:
+        """A scene, its added objects' shapes and labels, a question, answer and targets."""
         if self.layouts is None:
             record = self.rng.choice(self.records)
-            return record.scene, [], record.question, record.answer, record.targets
+            return record.scene, [], [], record.question, record.answer, record.targets
         scene = self.rng.randrange(len(self.scenes))
         layout, placements = self.layouts[scene]
         count = self.rng.randint(*self.added_objects)
         added = add_objects(
             layout, placements, count, np.random.default_rng(self.rng.getrandbits(32))
         )
-        objects = self.scenes[scene][1] + [p.label() for p in added]
+        added_labels = [p.label() for p in added]
+        objects = self.scenes[scene][1] + added_labels
         questions = generate_questions(
             objects, "scene", (layout.height, layout.width), seed=self.rng.getrandbits(32)
         )
         weights = [self._weights.get(q["category"], 1.0) for q in questions]
         q = self.rng.choices(questions, weights)[0] if sum(weights) else self.rng.choice(questions)
-        return scene, added, q["text"], str(q["ground_truth"]), _record_targets(q, objects)
+        shapes = [p.shape for p in added]
+        targets = _record_targets(q, objects)
+        return scene, shapes, added_labels, q["text"], str(q["ground_truth"]), targets
 
     def example(self) -> SFTExample:
         """One random example."""
-        scene, added, question, answer, targets = self._question()
+        scene, shapes, added_labels, question, answer, targets = self._question()
         reader, scene_objects = self.scenes[scene]
-        shapes = [p.shape for p in added]
-        added_labels = [p.label() for p in added]
         objects = scene_objects + added_labels
-        index, tiles = self._choose_level(reader, targets)
-        level = reader.geometry.levels[index]
-        others = [t for t in level.tiles() if t not in tiles]
-        tiles = sorted(tiles + self.rng.sample(others, min(len(others), self.rng.randint(0, 1))))
+        search = (
+            self._search_tiles(reader, targets) if self.rng.random() < self.search_share else None
+        )
+        if search is not None:
+            index, tiles = search
+            level = reader.geometry.levels[index]
+        else:
+            index, tiles = self._choose_level(reader, targets)
+            level = reader.geometry.levels[index]
+            others = [t for t in level.tiles() if t not in tiles]
+            count = min(len(others), self.rng.randint(0, 1))
+            tiles = sorted(tiles + self.rng.sample(others, count))
         images = [self._tile(scene, index, r, c) for r, c in tiles]
         thumbnail = self._thumb(scene)
         if shapes:
@@ -373,6 +419,7 @@ class TrainingSampler:
             positions=tiles,
             keep=self._keep_mask(level, tiles, objects),
             token_labels=labels,
+            target_tokens=self._touching(level, tiles, targets).any(axis=1),
         )
         return SFTExample(visual, question, answer)
 
@@ -525,6 +572,7 @@ def build_default_model(
 
 
 def _training_split(world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]):
+    """The training world (generated once): its manifest, scenes, records and raw questions."""
     log(f"training scenes: {config.train_scenes} in {world_dir} (reused when present)")
     manifest = generate_world(
         world_dir,
@@ -535,7 +583,7 @@ def _training_split(world_dir: Path, config: DefaultModelConfig, log: Callable[[
         split="train",
         objects=config.objects_per_scene,
     )
-    return _load_split(manifest, world_dir / "train", config)
+    return manifest, *_load_split(manifest, world_dir / "train", config)
 
 
 def _train_default(
@@ -544,7 +592,7 @@ def _train_default(
     """SFT stage: template QA on the training split, tiny model from scratch."""
     torch.manual_seed(config.seed)
     started = time.time()
-    scenes, records, raw = _training_split(world_dir, config, log)
+    manifest, scenes, records, raw = _training_split(world_dir, config, log)
     log(f"{len(records)} template questions; training the tiny LLaVA-NeXT from scratch")
     model, processor = build_tiny_llava(
         vocabulary(raw),
@@ -557,7 +605,6 @@ def _train_default(
     heads = config.token_loss_weight > 0
     layouts = None
     if config.added_objects[1] > 0:
-        manifest = json.loads((world_dir / "train" / "manifest.json").read_text())
         layouts = []
         for index, entry in enumerate(manifest["scenes"]):
             layout = generate_scene(SceneSpec.from_dict(entry["spec"]))
@@ -579,6 +626,7 @@ def _train_default(
         question_weights=dict(config.question_weights),
         focus_steps=config.focus_steps,
         focus_weights=dict(config.focus_weights),
+        search_share=config.search_share,
     )
     sft = SFTConfig(
         steps=config.sft_steps,
@@ -587,6 +635,8 @@ def _train_default(
         token_heads=TOKEN_HEADS if heads else {},
         token_loss_weight=config.token_loss_weight,
         vision_steps=config.vision_steps if heads else 0,
+        grounding_layers=config.grounding_layers,
+        grounding_loss_weight=config.grounding_loss_weight,
     )
     result.root.mkdir(parents=True, exist_ok=True)
     log_path = result.root / "sft_log.jsonl"
@@ -616,7 +666,7 @@ def _distill_default(
     from lrsvqa.bench.templates import to_llava_conversations
     from lrsvqa.train.distill import DistillConfig, distill
 
-    scenes, _, raw = _training_split(world_dir, config, log)
+    _, scenes, _, raw = _training_split(world_dir, config, log)
     for reader, _ in scenes:
         reader.close()
     started = time.time()

@@ -9,6 +9,11 @@ attributes of the object under it. A vision tower trained from scratch only thro
 the answer loss learns nothing for hundreds of steps, because the LLM has no reason yet
 to look at any one token; the heads give the vision path a dense signal from the first
 step, and they are dropped after training (the saved model is a plain LLaVA).
+
+Optionally a grounding loss makes the last question token attend to the tokens of the
+object the answer depends on, at chosen LLM layers. Coarse-to-fine inference rests on
+that attention (the RFM is distilled from it); large pretrained LVLMs show it, but a
+tiny LLM trained from scratch on answers alone spreads its attention evenly.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.pruning.coarse_to_fine import layout_vision_tokens, tile_token_positions
 
 IGNORE_INDEX = -100
@@ -41,6 +47,8 @@ class VisualInput:
         keep: Optional bool mask over the tiles' tokens (tile-major), as left by pruning.
         token_labels: Optional class index per tile token (tile-major, before ``keep``)
             for each token head, ``IGNORE_INDEX`` where unknown.
+        target_tokens: Optional bool mask over the tiles' tokens (tile-major, before
+            ``keep``) marking the object the answer depends on, for the grounding loss.
     """
 
     thumbnail: np.ndarray
@@ -48,6 +56,7 @@ class VisualInput:
     positions: list[tuple[int, int]]
     keep: np.ndarray | None = None
     token_labels: dict[str, np.ndarray] | None = None
+    target_tokens: np.ndarray | None = None
 
 
 @dataclass
@@ -86,31 +95,62 @@ def split_encoded(
     return parts
 
 
-def build_batch(
+@dataclass
+class EmbeddedBatch:
+    """A right-padded batch, plus where each example's question ends and its targets sit.
+
+    Attributes:
+        embeds: (batch, n, hidden) input embeddings.
+        mask: (batch, n) attention mask, 1 for real tokens.
+        labels: (batch, n) answer token ids, ``IGNORE_INDEX`` elsewhere.
+        query_positions: (batch,) index of the last prompt token (the RFM's query).
+        tile_positions: Per example, sequence index of every kept tile token.
+        target_flags: Per example, bool per kept tile token (None without targets).
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+    query_positions: torch.Tensor
+    tile_positions: list[torch.Tensor]
+    target_flags: list[torch.Tensor | None]
+
+
+def embed_batch(
     adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> EmbeddedBatch:
     """Embed a batch (with gradients through the vision tower and projector).
 
     Args:
         adapter: The model.
         examples: The batch.
         encoded: Output of :func:`encode_batch` when the caller already has it.
-
-    Returns:
-        ``(inputs_embeds, attention_mask, labels)``, right-padded.
     """
     if encoded is None:
         encoded = encode_batch(adapter, examples)
-    sequences, targets = [], []
+    sequences, targets, queries, tile_positions, target_flags = [], [], [], [], []
     for example, (thumbnail, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
         visual = example.visual
         tokens = tiles.reshape(-1, adapter.hidden_size)
         positions = tile_token_positions(visual.positions, adapter.tokens_per_side)
+        flags = visual.target_tokens
         if visual.keep is not None:
             index = torch.as_tensor(np.flatnonzero(visual.keep), device=tokens.device)
             tokens, positions = tokens[index], positions[visual.keep]
-        vision, _, _ = layout_vision_tokens(tokens, positions, thumbnail, adapter.image_newline)
-        prompt_embeds, _ = adapter.assemble(adapter.prompt_parts(example.question), vision)
+            flags = flags[visual.keep] if flags is not None else None
+        vision, hr_index, order = layout_vision_tokens(
+            tokens, positions, thumbnail, adapter.image_newline
+        )
+        prompt_embeds, vision_slice = adapter.assemble(
+            adapter.prompt_parts(example.question), vision
+        )
+        queries.append(prompt_embeds.shape[1] - 1)
+        tile_positions.append(torch.as_tensor(vision_slice.start + hr_index, device=adapter.device))
+        target_flags.append(
+            torch.as_tensor(flags[order], device=adapter.device)
+            if flags is not None and flags.any()
+            else None
+        )
         target = answer_ids(adapter, example.answer)
         sequences.append(torch.cat([prompt_embeds[0], adapter.embed_ids(target)]))
         labels = torch.full((sequences[-1].shape[0],), IGNORE_INDEX, device=adapter.device)
@@ -124,7 +164,63 @@ def build_batch(
         embeds[i, : seq.shape[0]] = seq
         mask[i, : seq.shape[0]] = 1
         labels[i, : seq.shape[0]] = lab
-    return embeds, mask, labels
+    return EmbeddedBatch(
+        embeds,
+        mask,
+        labels,
+        torch.as_tensor(queries, device=adapter.device),
+        tile_positions,
+        target_flags,
+    )
+
+
+def build_batch(
+    adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inputs_embeds, attention_mask, labels)`` of :func:`embed_batch`."""
+    batch = embed_batch(adapter, examples, encoded)
+    return batch.embeds, batch.mask, batch.labels
+
+
+def grounding_loss(
+    adapter: LlavaAdapter,
+    batch: EmbeddedBatch,
+    hidden_states: tuple[torch.Tensor, ...],
+    layers: tuple[int, ...],
+) -> torch.Tensor:
+    """Mean ``-log`` share of the query's tile attention that falls on the target tokens.
+
+    The attention is the head average of the last prompt token's row at each of
+    ``layers`` (what the RFM scores and is distilled from), restricted to the tile
+    tokens and renormalised over them; examples without target tokens add nothing.
+
+    Args:
+        adapter: The model.
+        batch: The embedded batch.
+        hidden_states: The LLM's ``output_hidden_states`` (entry ``l`` enters layer ``l``).
+        layers: LLM layer indices to ground.
+    """
+    grounded = [i for i, flags in enumerate(batch.target_flags) if flags is not None]
+    if not grounded or not layers:
+        return batch.embeds.sum() * 0.0
+    n = batch.embeds.shape[1]
+    position_ids = torch.arange(n, device=batch.embeds.device)[None].expand(len(grounded), -1)
+    rows_of = torch.as_tensor(grounded, device=batch.embeds.device)
+    key_mask = batch.mask[rows_of].bool()
+    queries = batch.query_positions[rows_of][:, None]
+    rotary = adapter.language_model.rotary_emb
+    losses = []
+    for layer_index in layers:
+        hidden = hidden_states[layer_index][rows_of]
+        position_embeddings = rotary(hidden, position_ids)
+        rows = layer_attention_rows(
+            adapter.decoder_layers[layer_index], hidden, queries, position_embeddings, key_mask
+        ).mean(dim=1)[:, 0]
+        for row, example in zip(rows, grounded, strict=True):
+            attention = row[batch.tile_positions[example]]
+            share = attention[batch.target_flags[example]].sum() / attention.sum().clamp_min(1e-12)
+            losses.append(-torch.log(share.clamp_min(1e-6)))
+    return torch.stack(losses).mean()
 
 
 class TokenHeads(nn.Module):
@@ -172,15 +268,27 @@ def sft_loss(
     adapter: LlavaAdapter,
     examples: list[SFTExample],
     heads: TokenHeads | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean answer-token cross-entropy of a batch, and the token-head loss (0 without heads)."""
+    grounding_layers: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Answer-token cross-entropy, token-head loss and grounding loss of a batch.
+
+    The last two are 0 without heads and without grounding layers.
+    """
     encoded = encode_batch(adapter, examples)
-    embeds, mask, labels = build_batch(adapter, examples, encoded)
+    batch = embed_batch(adapter, examples, encoded)
     output = adapter.model(
-        inputs_embeds=embeds, attention_mask=mask, labels=labels, use_cache=False
+        inputs_embeds=batch.embeds,
+        attention_mask=batch.mask,
+        labels=batch.labels,
+        use_cache=False,
+        output_hidden_states=bool(grounding_layers),
     )
     token_loss = heads.loss(encoded, examples) if heads is not None else output.loss * 0.0
-    return output.loss, token_loss
+    if grounding_layers:
+        ground = grounding_loss(adapter, batch, output.hidden_states, grounding_layers)
+    else:
+        ground = output.loss * 0.0
+    return output.loss, token_loss, ground
 
 
 @dataclass
@@ -198,6 +306,9 @@ class SFTConfig:
         token_loss_weight: Weight of the token-head loss next to the answer loss.
         vision_steps: Steps before the main ones that train only the vision tower,
             projector and heads on the token-head loss (cheap: no LLM pass).
+        grounding_layers: LLM layers whose last-prompt-token attention the grounding
+            loss pulls onto the answer's target tokens (empty: no grounding loss).
+        grounding_loss_weight: Weight of the grounding loss next to the answer loss.
     """
 
     steps: int = 1000
@@ -209,6 +320,8 @@ class SFTConfig:
     token_heads: dict[str, int] = field(default_factory=dict)
     token_loss_weight: float = 0.5
     vision_steps: int = 0
+    grounding_layers: tuple[int, ...] = ()
+    grounding_loss_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.vision_steps and not self.token_heads:
@@ -225,14 +338,15 @@ def train_sft(
 
     With ``config.token_heads``, first ``config.vision_steps`` steps train the vision
     path on the token heads alone, then every step adds the weighted token-head loss
-    to the answer loss. The heads are discarded at the end.
+    to the answer loss. The heads are discarded at the end. With
+    ``config.grounding_layers``, every main step also adds the weighted grounding loss.
 
     Args:
         adapter: The model to train (put in train mode here, eval mode on return).
         sample_batch: ``sample_batch(step, batch_size)`` returns the examples of a step.
         config: Optimisation settings.
-        log_path: Optional JSONL log of ``{"phase", "step", "loss", "token_loss"}``
-            every ``log_every`` steps.
+        log_path: Optional JSONL log of ``{"phase", "step", "loss", "token_loss",
+            "grounding_loss"}`` every ``log_every`` steps.
 
     Returns:
         The answer loss of every main step.
@@ -246,14 +360,13 @@ def train_sft(
     losses: list[float] = []
     log = log_path.open("a") if log_path else None
 
-    def record(phase: str, step: int, answer: list[float], token: list[float], bar) -> None:
+    def record(phase: str, step: int, series: dict[str, list[float]], bar) -> None:
         if step % config.log_every and step != bar.total - 1:
             return
         line = {"phase": phase, "step": step, "loss": None, "token_loss": None}
-        if answer:
-            line["loss"] = float(np.mean(answer[-config.log_every :]))
-        if token:
-            line["token_loss"] = float(np.mean(token[-config.log_every :]))
+        for name, values in series.items():
+            if values:
+                line[name] = float(np.mean(values[-config.log_every :]))
         bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if isinstance(v, float)})
         if log:
             log.write(json.dumps(line) + "\n")
@@ -271,23 +384,30 @@ def train_sft(
                 loss = heads.loss(encode_batch(adapter, examples), examples)
                 _step(optimizer, loss, params)
                 token_losses.append(loss.item())
-                record("vision", step, [], token_losses, bar)
+                record("vision", step, {"token_loss": token_losses}, bar)
         optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, weight_decay=config.weight_decay
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
-        token_losses = []
+        token_losses, grounding_losses = [], []
         bar = tqdm(range(config.steps), desc="sft", leave=False)
         for step in bar:
-            answer_loss, token_loss = sft_loss(
-                adapter, sample_batch(config.vision_steps + step, config.batch_size), heads
+            answer_loss, token_loss, ground = sft_loss(
+                adapter,
+                sample_batch(config.vision_steps + step, config.batch_size),
+                heads,
+                config.grounding_layers,
             )
-            _step(optimizer, answer_loss + config.token_loss_weight * token_loss, params)
+            total = answer_loss + config.token_loss_weight * token_loss
+            _step(optimizer, total + config.grounding_loss_weight * ground, params)
             scheduler.step()
             losses.append(answer_loss.item())
             if heads is not None:
                 token_losses.append(token_loss.item())
-            record("sft", step, losses, token_losses, bar)
+            if config.grounding_layers:
+                grounding_losses.append(ground.item())
+            series = {"loss": losses, "token_loss": token_losses}
+            record("sft", step, {**series, "grounding_loss": grounding_losses}, bar)
     finally:
         if log:
             log.close()
