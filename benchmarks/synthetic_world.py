@@ -9,10 +9,11 @@ coarse-to-fine with the distilled RFM and coarse-to-fine training-free.
 Prints one table: accuracy by category, overall (OA) and average (AA) accuracy,
 vision tokens encoded, tokens into the LLM, seconds per question, and localisation
 recall (share of questions whose target box is covered by a selected finest tile).
-Answers are kept in the cache folder, one sub-folder per trained model, so an
-interrupted run resumes and a new recipe starts afresh.
+Answers are kept in the cache folder, one sub-folder per trained model (and one file
+per c2f alpha and N_max), so an interrupted run resumes and a new recipe starts afresh.
 
     python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
+        [--alpha 0.1] [--max-tiles 80]
 
 ``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
 process and the rest in another; a last run without it finds every answer and prints.
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--max-side", type=int, default=32768)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--max-tiles", type=int, default=80, help="c2f N_max")
     parser.add_argument("--out", type=Path, default=CACHE)
     parser.add_argument("--home", type=Path, default=None, help="default-model cache root")
     parser.add_argument("--only", default="", help="comma-separated strategies to run, no table")
@@ -100,14 +102,15 @@ def main() -> None:
     world = args.out / "world" / "bench"
     questions = benchmark_questions(world, manifest, args.questions, args.seed)
     model = {"model_path": str(trained.model_dir), "max_new_tokens": 8}
+    c2f = {"alpha": args.alpha, "max_tiles": args.max_tiles}
     runs = {
         "thumbnail": ("thumbnail", {}),
         "anyres-p4": ("anyres-p4", {}),
         "anyres-p9": ("anyres-p9", {}),
         "anyres-p25": ("anyres-p25", {}),
         "full resolution": ("fullres", {"max_tiles": 700}),
-        "c2f (distilled RFM)": ("c2f", {"rfm_path": str(trained.rfm_dir), "alpha": args.alpha}),
-        "c2f (training-free)": ("c2f", {"alpha": args.alpha}),
+        "c2f (distilled RFM)": ("c2f", {"rfm_path": str(trained.rfm_dir), **c2f}),
+        "c2f (training-free)": ("c2f", c2f),
     }
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     known = {strategy for strategy, _ in runs.values()}
@@ -121,6 +124,8 @@ def main() -> None:
             continue
         console.rule(label)
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
+        if strategy == "c2f":  # answers of another alpha or N_max must not be resumed
+            slug += f"-alpha{args.alpha:g}-nmax{args.max_tiles}"
         output = answers / f"{slug}.jsonl"
         outcome = evaluate(
             EvalConfig(
