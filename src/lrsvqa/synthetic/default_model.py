@@ -81,8 +81,13 @@ class DefaultModelConfig:
     per scene) to every example and asks about the enlarged scene, so answers cannot
     be memorised; ``question_weights`` weighs question categories, and the first
     ``focus_steps`` steps (vision steps included) ask only the ``focus_weights``
-    categories. The defaults are the recipe that first read colour and category from
-    the target's tile in our runs (README, "Results"): fresh objects, token heads,
+    categories. ``grounding_layers`` turns on the SFT grounding loss at those LLM layers
+    (weight ``grounding_loss_weight``) and ``search_share`` shows that share of examples
+    a 3 x 3 tile window at a random level; both are off by default: they make the
+    attention find objects of 8 px or more at a level (README, "Results") but double the
+    build time, and on the benchmark coarse-to-fine still loses the target at the
+    coarse levels, where objects are smaller. The defaults are the recipe that first
+    read colour and category from the target's tile in our runs: fresh objects, token heads,
     colour and category questions weighted up, and a learning rate of 5e-4 (at 2e-3
     the LLM never learned to look at the object's colour).
 
@@ -383,7 +388,9 @@ class TrainingSampler:
         reader, scene_objects = self.scenes[scene]
         objects = scene_objects + added_labels
         search = (
-            self._search_tiles(reader, targets) if self.rng.random() < self.search_share else None
+            self._search_tiles(reader, targets)
+            if self.search_share and self.rng.random() < self.search_share
+            else None
         )
         if search is not None:
             index, tiles = search
