@@ -208,11 +208,11 @@ def grounding_loss(
     rows_of = torch.as_tensor(grounded, device=batch.embeds.device)
     key_mask = batch.mask[rows_of].bool()
     queries = batch.query_positions[rows_of][:, None]
-    rotary = adapter.language_model.rotary_emb
+    # Every layer sees the same positions, so one rotary embedding serves them all.
+    position_embeddings = adapter.language_model.rotary_emb(batch.embeds[rows_of], position_ids)
     losses = []
     for layer_index in layers:
         hidden = hidden_states[layer_index][rows_of]
-        position_embeddings = rotary(hidden, position_ids)
         rows = layer_attention_rows(
             adapter.decoder_layers[layer_index], hidden, queries, position_embeddings, key_mask
         ).mean(dim=1)[:, 0]
