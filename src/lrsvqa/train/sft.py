@@ -30,8 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.pruning.coarse_to_fine import layout_vision_tokens, tile_token_positions
+from lrsvqa.train.teacher import rows_from_hidden_states
 
 IGNORE_INDEX = -100
 
@@ -203,22 +203,14 @@ def grounding_loss(
     grounded = [i for i, flags in enumerate(batch.target_flags) if flags is not None]
     if not grounded or not layers:
         return batch.embeds.sum() * 0.0
-    n = batch.embeds.shape[1]
-    position_ids = torch.arange(n, device=batch.embeds.device)[None].expand(len(grounded), -1)
-    rows_of = torch.as_tensor(grounded, device=batch.embeds.device)
-    key_mask = batch.mask[rows_of].bool()
-    queries = batch.query_positions[rows_of][:, None]
-    # Every layer sees the same positions, so one rotary embedding serves them all.
-    position_embeddings = adapter.language_model.rotary_emb(batch.embeds[rows_of], position_ids)
+    queries = batch.query_positions[:, None]
+    rows = rows_from_hidden_states(adapter, hidden_states, queries, batch.mask, layers)
+    attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
-    for layer_index in layers:
-        hidden = hidden_states[layer_index][rows_of]
-        rows = layer_attention_rows(
-            adapter.decoder_layers[layer_index], hidden, queries, position_embeddings, key_mask
-        ).mean(dim=1)[:, 0]
-        for row, example in zip(rows, grounded, strict=True):
-            attention = row[batch.tile_positions[example]]
-            share = attention[batch.target_flags[example]].sum() / attention.sum().clamp_min(1e-12)
+    for per_layer in attention:
+        for example in grounded:
+            tiles = per_layer[example, batch.tile_positions[example]]
+            share = tiles[batch.target_flags[example]].sum() / tiles.sum().clamp_min(1e-12)
             losses.append(-torch.log(share.clamp_min(1e-6)))
     return torch.stack(losses).mean()
 

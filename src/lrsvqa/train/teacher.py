@@ -85,27 +85,41 @@ def teacher_attention(
     attention_mask: torch.Tensor,
     llm_layers: Sequence[int],
 ) -> torch.Tensor:
-    """Per-head rows of the frozen LLM at the given layers, stacked (K, B, H, J, n).
-
-    ``hidden_states[m]`` of the language model is the input of layer m, so layer m's
-    rows are recomputed from it with the layer's own projections and rotary embedding.
-    """
-    model = adapter.language_model
-    outputs = model(
+    """Per-head rows of the frozen LLM at the given layers, stacked (K, B, H, J, n)."""
+    outputs = adapter.language_model(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         output_hidden_states=True,
         use_cache=False,
     )
-    batch, n = inputs_embeds.shape[:2]
-    position_ids = torch.arange(n, device=inputs_embeds.device)[None].expand(batch, -1)
-    position_embeddings = model.rotary_emb(inputs_embeds, position_ids)
+    return rows_from_hidden_states(
+        adapter, outputs.hidden_states, query_positions, attention_mask, llm_layers
+    )
+
+
+def rows_from_hidden_states(
+    adapter: LlavaAdapter,
+    hidden_states: Sequence[torch.Tensor],
+    query_positions: torch.Tensor,
+    attention_mask: torch.Tensor,
+    llm_layers: Sequence[int],
+) -> torch.Tensor:
+    """Per-head rows (K, B, H, J, n) at the given layers, from a forward pass's hidden states.
+
+    ``hidden_states[m]`` of the language model is the input of layer m, so layer m's
+    rows are recomputed from it with the layer's own projections and rotary embedding
+    (differentiably: the SFT grounding loss trains through them).
+    """
+    embeds = hidden_states[0]
+    batch, n = embeds.shape[:2]
+    position_ids = torch.arange(n, device=embeds.device)[None].expand(batch, -1)
+    position_embeddings = adapter.language_model.rotary_emb(embeds, position_ids)
     key_mask = attention_mask.bool()
     return torch.stack(
         [
             layer_attention_rows(
                 adapter.decoder_layers[m],
-                outputs.hidden_states[m],
+                hidden_states[m],
                 query_positions,
                 position_embeddings,
                 key_mask,
