@@ -331,16 +331,17 @@ def add_objects(
     The same spacing rules as :func:`generate_scene` hold between all objects, so
     position references over the scene's and the added objects stay unique.
     """
-    placer = _Placer(rng, scene.terrain, np.empty((0, 2)), np.empty((0, 2)), 0.0, [], [])
-    placer.shapes.extend(scene.shapes)
+    # Only the spacing check is used: no candidate centres are needed.
+    none = np.empty((0, 2))
+    placer = _Placer(rng, scene.terrain, none, none, 0.0, list(scene.shapes), [])
     added: list[Placement] = []
     for index in rng.permutation(len(placements)):
         if len(added) == count:
             break
         placement = placements[int(index)]
         color = list(COLORS)[int(rng.integers(len(COLORS)))]
-        shape = replace(placement.shape, color=color)
-        if placer._fits(shape):
-            placer.shapes.append(shape)
-            added.append(Placement(shape, placement.background, placement.setting))
+        recoloured = replace(placement, shape=replace(placement.shape, color=color))
+        if placer._fits(recoloured.shape):
+            placer.add(recoloured)
+            added.append(recoloured)
     return added
