@@ -6,6 +6,13 @@ a fraction of a pixel, at the coarsest ~1,008 px level it is a 2-4 px blob, and 
 full-resolution tile shows its shape and colour, so questions about them need the
 coarse-to-fine search the method is about.
 
+Each object stands on a *site*: a lightened disc of ground around it, 1/96 of the
+scene's long side in radius (at least 64 px), like the apron of a parked plane or the
+cleared yard of a tank. A site is a 10-20 px bright blob at the coarsest DIP level and
+a few pixels in the thumbnail, so it says *where* objects are but not what or which
+colour they are: the context a coarse level offers in real imagery, and what the RFM
+needs to find where to zoom (an object of 2-4 px alone gives its attention nothing).
+
 Each object is drawn from its parameters as a signed-distance test on global pixel
 coordinates, so it renders identically in any window that contains it.
 """
@@ -34,6 +41,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 200),
 }
 OUTLINE_WIDTH = 2.0
+SITE_LIGHTEN = 0.6  # a site moves the ground this share of the way to white
+SITE_MIN_RADIUS = 64.0
+SITE_RADIUS_SHARE = 1 / 96  # of the scene's long side
 _DARK_OUTLINE = (25, 25, 25)
 _LIGHT_OUTLINE = (215, 215, 215)
 
@@ -125,6 +135,7 @@ class SceneObject:
         cy: Centre row.
         length: Long side in pixels.
         angle: Direction of the long axis in radians (x right, y down).
+        site_radius: Radius of the lightened site around the object; 0 for none.
     """
 
     category: str
@@ -133,6 +144,7 @@ class SceneObject:
     cy: float
     length: float
     angle: float
+    site_radius: float = 0.0
 
     @property
     def kind(self) -> Category:
@@ -187,6 +199,38 @@ class SceneObject:
         patch[sd < np.float32(OUTLINE_WIDTH)] = self.outline_color
         patch[sd < 0] = COLORS[self.color]
 
+    def paint_site(self, out: NDArray[np.uint8], image_box: tuple[float, ...]) -> None:
+        """Lighten the site in a window that shows ``image_box`` resampled to ``out``'s size.
+
+        Coverage is the disc's with a one-output-pixel soft edge, so the same call
+        serves full-resolution windows and pyramid tiles or thumbnails alike.
+        """
+        if self.site_radius <= 0:
+            return
+        h, w = out.shape[:2]
+        x0, y0, x1, y1 = image_box
+        sx, sy = w / (x1 - x0), h / (y1 - y0)
+        r = self.site_radius
+        c0, c1 = (
+            max(0, math.floor((self.cx - r - x0) * sx) - 1),
+            min(w, math.ceil((self.cx + r - x0) * sx) + 1),
+        )
+        r0, r1 = (
+            max(0, math.floor((self.cy - r - y0) * sy) - 1),
+            min(h, math.ceil((self.cy + r - y0) * sy) + 1),
+        )
+        if c1 <= c0 or r1 <= r0:
+            return
+        # Image-pixel distances from each output pixel's centre, in global coordinates
+        # and float64, so a pixel's value does not depend on the window it is in.
+        dx = x0 + (np.arange(c0, c1) + 0.5) / sx - self.cx
+        dy = y0 + (np.arange(r0, r1) + 0.5) / sy - self.cy
+        distance = np.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
+        coverage = np.clip((r - distance) * min(sx, sy) + 0.5, 0, 1).astype(np.float32)
+        region = out[r0:r1, c0:c1].astype(np.float32)
+        lift = (np.float32(SITE_LIGHTEN) * coverage)[..., None] * (np.float32(255) - region)
+        out[r0:r1, c0:c1] = np.clip(np.rint(region + lift), 0, 255).astype(np.uint8)
+
     @property
     def outline_color(self) -> tuple[int, int, int]:
         """Outline that contrasts with the body: light around black, dark otherwise."""
@@ -237,9 +281,10 @@ def paint_resampled(
     """Paint objects into a window that shows ``image_box`` resampled to ``out``'s size.
 
     ``out`` is, for instance, a pyramid tile or thumbnail of a scene rendered without
-    these objects. Each object is drawn at full resolution, box-filtered to the
-    window's scale and alpha-blended, so it looks as if it had been in the image when
-    the pyramid was made; at scale 1 with whole-pixel offsets this is :meth:`draw`.
+    these objects. Their sites are lightened first; each object is then drawn at full
+    resolution, box-filtered to the window's scale and alpha-blended, so it looks as if
+    it had been in the image when the pyramid was made; at scale 1 with whole-pixel
+    offsets this is :meth:`draw`.
 
     Args:
         out: ``(h, w, 3)`` uint8 RGB window, painted in place.
@@ -251,6 +296,8 @@ def paint_resampled(
     h, w = out.shape[:2]
     x0, y0, x1, y1 = image_box
     sx, sy = w / (x1 - x0), h / (y1 - y0)
+    for shape in shapes:  # sites first: a site never covers another object's body
+        shape.paint_site(out, image_box)
     for shape in shapes:
         bx0, by0, bx1, by1 = shape.bounds(OUTLINE_WIDTH)
         c0, c1 = max(0, math.floor((bx0 - x0) * sx)), min(w, math.ceil((bx1 - x0) * sx))

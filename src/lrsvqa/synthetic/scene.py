@@ -17,7 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lrsvqa.bench.labels import LabeledObject
-from lrsvqa.synthetic.objects import CATEGORIES, COLORS, OUTLINE_WIDTH, SceneObject
+from lrsvqa.synthetic.objects import (
+    CATEGORIES,
+    COLORS,
+    OUTLINE_WIDTH,
+    SITE_MIN_RADIUS,
+    SITE_RADIUS_SHARE,
+    SceneObject,
+)
 from lrsvqa.synthetic.terrain import Region, Terrain, make_terrain
 
 MIN_SIDE = 2048
@@ -135,6 +142,9 @@ class Scene:
             for bx in range(0, w, RENDER_BLOCK):
                 xs = np.arange(x0 + bx, x0 + min(w, bx + RENDER_BLOCK), dtype=np.float64)
                 out[by : by + len(ys), bx : bx + len(xs)] = self.terrain.render(ys, xs)
+        box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
+        for shape in self.shapes:  # sites first: a site never covers another object's body
+            shape.paint_site(out, box)
         for shape in self.shapes:
             shape.draw(out, y0, x0)
         return out
@@ -217,16 +227,21 @@ class _Placer:
                 -self.step / 2, self.step / 2, size=2
             )
             angle = float(self.rng.uniform(0, 2 * math.pi))
-        return SceneObject(name, color, float(cx), float(cy), length, float(angle))
+        long_side = max(self.terrain.height, self.terrain.width)
+        site = max(SITE_MIN_RADIUS, SITE_RADIUS_SHARE * long_side)
+        return SceneObject(name, color, float(cx), float(cy), length, float(angle), site)
 
     def _fits(self, obj: SceneObject) -> bool:
-        """Inside the image and clear of every placed object, on both axes."""
+        """Inside the image, clear of every placed object on both axes, sites apart."""
         x0, y0, x1, y1 = obj.bounds(OUTLINE_WIDTH + EDGE_MARGIN)
         if x0 < 0 or y0 < 0 or x1 > self.terrain.width or y1 > self.terrain.height:
             return False
         x0, y0, x1, y1 = obj.bounds(OUTLINE_WIDTH + MIN_GAP / 2)
         for other in self.shapes:
             if abs(obj.cx - other.cx) < MIN_AXIS_OFFSET or abs(obj.cy - other.cy) < MIN_AXIS_OFFSET:
+                return False
+            gap = math.hypot(obj.cx - other.cx, obj.cy - other.cy)
+            if gap < obj.site_radius + other.site_radius + MIN_GAP:
                 return False
             ox0, oy0, ox1, oy1 = other.bounds(OUTLINE_WIDTH + MIN_GAP / 2)
             if x0 < ox1 and ox0 < x1 and y0 < oy1 and oy0 < y1:

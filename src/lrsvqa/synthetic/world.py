@@ -33,7 +33,7 @@ from lrsvqa.synthetic.scene import (
 )
 
 # Bump when rendering or placement changes, so cached scenes are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TILE_SIZE = 512
 # Deflate level 1 compresses these textures almost as well as the default level 6 in a
 # fraction of the time, which dominates the cost of writing a 30k scene.
