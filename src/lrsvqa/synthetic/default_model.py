@@ -83,13 +83,13 @@ class DefaultModelConfig:
     ``focus_steps`` steps (vision steps included) ask only the ``focus_weights``
     categories. ``grounding_layers`` turns on the SFT grounding loss at those LLM layers
     (weight ``grounding_loss_weight``) and ``search_share`` shows that share of examples
-    a 3 x 3 tile window at a random level; both are off by default: they make the
-    attention find objects of 8 px or more at a level (README, "Results") but double the
-    build time, and on the benchmark coarse-to-fine still loses the target at the
-    coarse levels, where objects are smaller. The defaults are the recipe that first
-    read colour and category from the target's tile in our runs: fresh objects, token heads,
-    colour and category questions weighted up, and a learning rate of 5e-4 (at 2e-3
-    the LLM never learned to look at the object's colour).
+    a 3 x 3 tile window at a random level, as coarse-to-fine's first levels do. Without
+    them the tiny LLM's attention hardly follows the question, so neither the RFM nor
+    coarse-to-fine has anything to find; with them it finds objects (or their sites) of
+    8 px or more at a level (README, "Results"), at about twice the build time. The rest
+    is the recipe that first read colour and category from the target's tile in our
+    runs: fresh objects, token heads, colour and category questions weighted up, and a
+    learning rate of 5e-4 (at 2e-3 the LLM never learned to look at the object's colour).
 
     The RFM layers are a sparse subset of the 6 LLM layers (like the paper's 1, 5, 11,
     14 of 28): skipping layers is what makes the RFM cheap and what distillation must
@@ -120,9 +120,9 @@ class DefaultModelConfig:
     )
     focus_steps: int = 0
     focus_weights: tuple[tuple[str, float], ...] = (("object color", 1.0), ("object category", 1.0))
-    grounding_layers: tuple[int, ...] = ()
-    grounding_loss_weight: float = 0.1
-    search_share: float = 0.0
+    grounding_layers: tuple[int, ...] = (3, 5)
+    grounding_loss_weight: float = 0.2
+    search_share: float = 0.1
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
