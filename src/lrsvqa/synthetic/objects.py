@@ -135,7 +135,7 @@ class SceneObject:
         cy: Centre row.
         length: Long side in pixels.
         angle: Direction of the long axis in radians (x right, y down).
-        site_radius: Radius of the lightened site around the object; 0 for none.
+        site_radius: Radius of the lightened site around the object.
     """
 
     category: str
@@ -144,7 +144,7 @@ class SceneObject:
     cy: float
     length: float
     angle: float
-    site_radius: float = 0.0
+    site_radius: float
 
     @property
     def kind(self) -> Category:
@@ -205,8 +205,6 @@ class SceneObject:
         Coverage is the disc's with a one-output-pixel soft edge, so the same call
         serves full-resolution windows and pyramid tiles or thumbnails alike.
         """
-        if self.site_radius <= 0:
-            return
         h, w = out.shape[:2]
         x0, y0, x1, y1 = image_box
         sx, sy = w / (x1 - x0), h / (y1 - y0)
