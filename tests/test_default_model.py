@@ -301,3 +301,36 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
     # over the palette, so they cannot be memorised.
     assert set(colour_answers) <= set(COLORS) and len(set(colour_answers)) >= 6
     reader.close()
+
+
+def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
+    """crowd_share=1: finest-level tiles of the target and of 1-3 other objects."""
+    from lrsvqa.imagery.tiles import PyramidReader
+    from lrsvqa.synthetic.default_model import TrainingRecord
+
+    split = built.root / "world" / "train"
+    entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
+    reader = PyramidReader.open(split / entry["image"])
+    finest = reader.geometry.levels[-1]
+    x0, y0 = finest.image_width / 2, finest.image_height / 2
+    boxes = [
+        (x0 + dx, y0 + dy, x0 + dx + 40, y0 + dy + 30)
+        for dx, dy in [(0, 0), (-900, 0), (900, 0), (0, -900), (0, 900)]
+    ]
+    objects = [LabeledObject(category="ship", hbox=box) for box in boxes]
+    record = TrainingRecord(0, "What is the color of the only ship?", "red", [boxes[0]])
+    sampler = TrainingSampler([(reader, objects)], [record], tokens_per_side=8, seed=0)
+    sampler.crowd_share = 1.0
+    own = set(finest.tiles_covering(boxes[0]))
+    counts = set()
+    for _ in range(20):
+        example = sampler.example()
+        tiles = set(example.visual.positions)
+        assert own <= tiles <= set(finest.tiles())
+        shown = [box for box in boxes[1:] if set(finest.tiles_covering(box)) <= tiles]
+        counts.add(len(shown))
+        flags = example.visual.target_tokens.reshape(len(tiles), 64)
+        for n, (row, col) in enumerate(example.visual.positions):
+            assert flags[n].any() == ((row, col) in own)
+    assert counts == {1, 2, 3}
+    reader.close()

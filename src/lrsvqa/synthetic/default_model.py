@@ -83,7 +83,9 @@ class DefaultModelConfig:
     ``focus_steps`` steps (vision steps included) ask only the ``focus_weights``
     categories. ``grounding_layers`` turns on the SFT grounding loss at those LLM layers
     (weight ``grounding_loss_weight``) and ``search_share`` shows that share of examples
-    a 3 x 3 tile window at a random level, as coarse-to-fine's first levels do. Without
+    a 3 x 3 tile window at a random level, as coarse-to-fine's first levels do;
+    ``crowd_share`` shows that share the finest tiles of the target among 1-3 other
+    objects' (off: in our runs the LLM then answered every colour question alike). Without
     them the tiny LLM's attention hardly follows the question, so neither the RFM nor
     coarse-to-fine has anything to find; with them it finds objects (or their sites) of
     8 px or more at a level (README, "Results"), at about twice the build time. The rest
@@ -123,6 +125,7 @@ class DefaultModelConfig:
     grounding_layers: tuple[int, ...] = (3, 5)
     grounding_loss_weight: float = 0.2
     search_share: float = 0.1
+    crowd_share: float = 0.0
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
@@ -231,8 +234,10 @@ class TrainingSampler:
     same question about the same scene gets a new answer every time.
 
     ``search_share`` of the examples show a window of up to 3 x 3 tiles around a
-    target at a random level instead, as the first coarse-to-fine levels do. Every
-    example marks the tokens touching its targets (for the SFT grounding loss).
+    target at a random level instead, as the first coarse-to-fine levels do, and
+    ``crowd_share`` the finest tiles of the targets and of 1-3 other objects, as its
+    last level does. Every example marks the tokens touching its targets (for the SFT
+    grounding loss).
 
     With ``label_tokens``, at levels where objects are resolvable it also labels every
     tile token with the colour and category of the object covering it (for the SFT token
@@ -256,9 +261,11 @@ class TrainingSampler:
         focus_steps: int = 0,
         focus_weights: dict[str, float] | None = None,
         search_share: float = 0.0,
+        crowd_share: float = 0.0,
     ) -> None:
         self.scenes = scenes
         self.search_share = search_share
+        self.crowd_share = crowd_share
         self.layouts = layouts
         self.added_objects = added_objects
         self.question_weights = question_weights or {}
@@ -342,6 +349,23 @@ class TrainingSampler:
         ]
         return level.index, tiles
 
+    def _crowd_tiles(
+        self, reader: PyramidReader, targets: list[Box], objects: list[LabeledObject]
+    ) -> tuple[int, list] | None:
+        """Finest-level tiles of the targets and of one to three other objects.
+
+        This is what the LLM gets at coarse-to-fine's last step: several objects' tiles
+        kept because coarse sites looked alike, of which the question means one.
+        """
+        level = reader.geometry.levels[-1]
+        own = {t for box in targets for t in level.tiles_covering(box)}
+        others = [o.hbox for o in objects if not set(level.tiles_covering(o.hbox)) <= own]
+        if not own or not others:
+            return None
+        chosen = self.rng.sample(others, min(len(others), self.rng.randint(1, 3)))
+        tiles = own | {t for box in chosen for t in level.tiles_covering(box)}
+        return level.index, sorted(tiles)
+
     def _token_labels(
         self, scene: int, index: int, tiles: list, added: list[LabeledObject]
     ) -> dict[str, np.ndarray] | None:
@@ -392,8 +416,13 @@ class TrainingSampler:
             if self.search_share and self.rng.random() < self.search_share
             else None
         )
-        if search is not None:
-            index, tiles = search
+        crowd = (
+            self._crowd_tiles(reader, targets, objects)
+            if search is None and self.crowd_share and self.rng.random() < self.crowd_share
+            else None
+        )
+        if search is not None or crowd is not None:
+            index, tiles = search or crowd
             level = reader.geometry.levels[index]
         else:
             index, tiles = self._choose_level(reader, targets)
@@ -634,6 +663,7 @@ def _train_default(
         focus_steps=config.focus_steps,
         focus_weights=dict(config.focus_weights),
         search_share=config.search_share,
+        crowd_share=config.crowd_share,
     )
     sft = SFTConfig(
         steps=config.sft_steps,
