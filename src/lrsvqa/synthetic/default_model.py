@@ -85,7 +85,7 @@ class DefaultModelConfig:
     (weight ``grounding_loss_weight``) and ``search_share`` shows that share of examples
     a 3 x 3 tile window at a random level, as coarse-to-fine's first levels do;
     ``crowd_share`` shows that share the finest tiles of the target among 1-3 other
-    objects' (off: in our runs the LLM then answered every colour question alike). Without
+    objects' (off: in our runs the LLM then gave one colour to most colour questions). Without
     them the tiny LLM's attention hardly follows the question, so neither the RFM nor
     coarse-to-fine has anything to find; with them it finds objects (or their sites) of
     8 px or more at a level (README, "Results"), at about twice the build time. The rest
@@ -294,7 +294,7 @@ class TrainingSampler:
         order = [len(levels) - 1] if self.rng.random() < self.finest_level_share else []
         order += self.rng.sample(range(len(levels)), len(levels))
         for index in order:
-            tiles = sorted({t for box in targets for t in levels[index].tiles_covering(box)})
+            tiles = sorted(_tiles_covering(levels[index], targets))
             if 0 < len(tiles) <= 2:
                 return index, tiles
         return 0, levels[0].tiles()
@@ -358,12 +358,12 @@ class TrainingSampler:
         kept because coarse sites looked alike, of which the question means one.
         """
         level = reader.geometry.levels[-1]
-        own = {t for box in targets for t in level.tiles_covering(box)}
-        others = [o.hbox for o in objects if not set(level.tiles_covering(o.hbox)) <= own]
+        own = _tiles_covering(level, targets)
+        others = [o.hbox for o in objects if not _tiles_covering(level, [o.hbox]) <= own]
         if not own or not others:
             return None
         chosen = self.rng.sample(others, min(len(others), self.rng.randint(1, 3)))
-        tiles = own | {t for box in chosen for t in level.tiles_covering(box)}
+        tiles = own | _tiles_covering(level, chosen)
         return level.index, sorted(tiles)
 
     def _token_labels(
@@ -466,6 +466,11 @@ class TrainingSampler:
         else:
             self._weights = self.question_weights
         return [self.example() for _ in range(batch_size)]
+
+
+def _tiles_covering(level: Level, boxes: list[Box]) -> set[tuple[int, int]]:
+    """Tiles of ``level`` that cover any of ``boxes`` (original-image pixels)."""
+    return {tile for box in boxes for tile in level.tiles_covering(box)}
 
 
 def token_label_table(
