@@ -319,8 +319,9 @@ def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
     ]
     objects = [LabeledObject(category="ship", hbox=box) for box in boxes]
     record = TrainingRecord(0, "What is the color of the only ship?", "red", [boxes[0]])
-    sampler = TrainingSampler([(reader, objects)], [record], tokens_per_side=8, seed=0)
-    sampler.crowd_share = 1.0
+    sampler = TrainingSampler(
+        [(reader, objects)], [record], tokens_per_side=8, seed=0, crowd_share=1.0
+    )
     own = set(finest.tiles_covering(boxes[0]))
     counts = set()
     for _ in range(20):

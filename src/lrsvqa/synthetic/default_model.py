@@ -359,12 +359,12 @@ class TrainingSampler:
         """
         level = reader.geometry.levels[-1]
         own = _tiles_covering(level, targets)
-        others = [o.hbox for o in objects if not _tiles_covering(level, [o.hbox]) <= own]
+        per_object = (_tiles_covering(level, [o.hbox]) for o in objects)
+        others = [tiles for tiles in per_object if not tiles <= own]
         if not own or not others:
             return None
         chosen = self.rng.sample(others, min(len(others), self.rng.randint(1, 3)))
-        tiles = own | _tiles_covering(level, chosen)
-        return level.index, sorted(tiles)
+        return level.index, sorted(own.union(*chosen))
 
     def _token_labels(
         self, scene: int, index: int, tiles: list, added: list[LabeledObject]
