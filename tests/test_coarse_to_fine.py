@@ -142,13 +142,17 @@ def test_images_smaller_than_a_tile(adapter, rfm, size):
     assert result.retained_tokens == math.ceil(0.25 * adapter.tokens_per_tile)
 
 
-def test_extreme_aspect_ratio(adapter, rfm):
-    source = ArraySource(random_image(27328, 600))
+@pytest.mark.parametrize(("rule", "coarsest_grid"), [("official", (3, 1)), ("paper-text", (82, 2))])
+def test_extreme_aspect_ratio(adapter, rfm, rule, coarsest_grid):
+    image = random_image(27328, 600)
+    source = ArraySource(image, build_pyramid(27328, 600, dip_rule=rule))
     result = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.05)).run(source, "what?")
-    assert result.levels[0].grid == (82, 2)
+    # The official rule bounds the coarsest level of a strip (long side 1,008 px).
+    assert result.levels[0].grid == coarsest_grid
     assert all(
         0 <= x0 < x1 <= 600 and 0 <= y0 < y1 <= 27328
-        for x0, y0, x1, y1 in result.levels[0].tile_boxes
+        for level in result.levels
+        for x0, y0, x1, y1 in level.tile_boxes
     )
 
 

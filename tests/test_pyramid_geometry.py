@@ -15,8 +15,47 @@ SIDES = st.integers(min_value=1, max_value=30_000)
 TOKENS = 24  # CLIP-L/14 at 336 px
 
 
+# Tile grids (rows, cols) coarse to fine, from the rule, for WIDTH x HEIGHT images.
+PINNED_GRIDS = {
+    "official": {
+        (8000, 2000): [(1, 3), (2, 6), (3, 12), (6, 24)],
+        (27_328, 3000): [(1, 3), (1, 6), (2, 11), (3, 21), (5, 41), (9, 82)],
+        (1024, 768): [(3, 3), (3, 4)],
+        (4000, 4000): [(3, 3), (6, 6), (12, 12)],
+        (27_328, 600): [(1, 3), (1, 6), (1, 11), (1, 21), (1, 41), (2, 82)],
+        (500, 300): [(1, 2)],
+    },
+    "paper-text": {
+        (8000, 2000): [(3, 12), (6, 24)],
+        (27_328, 3000): [(3, 21), (5, 41), (9, 82)],
+        (1024, 768): [(3, 4)],
+        (4000, 4000): [(3, 3), (6, 6), (12, 12)],
+        (27_328, 600): [(2, 82)],
+        (500, 300): [(1, 2)],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("rule", "width", "height"),
+    [(rule, w, h) for rule, grids in PINNED_GRIDS.items() for (w, h) in grids],
+)
+def test_pinned_level_grids_of_both_dip_rules(rule: str, width: int, height: int) -> None:
+    geometry = build_pyramid(height, width, dip_rule=rule)
+    assert [lv.grid for lv in geometry.levels] == PINNED_GRIDS[rule][(width, height)]
+
+
+def test_official_rule_is_the_default_and_ends_on_a_1008_long_side() -> None:
+    assert build_pyramid(3000, 27_328) == build_pyramid(3000, 27_328, dip_rule="official")
+    coarsest = build_pyramid(3000, 27_328).levels[0]
+    assert (coarsest.height, coarsest.width) == (111, 1008)
+    assert coarsest.downsample == pytest.approx(27_328 / 1008)
+    with pytest.raises(ValueError, match="unknown DIP rule"):
+        build_pyramid(3000, 27_328, dip_rule="short-side")
+
+
 def test_4000_square_has_three_levels_of_3_6_12_tiles() -> None:
-    geometry = build_pyramid(4000, 4000)
+    geometry = build_pyramid(4000, 4000, dip_rule="paper-text")
     assert [(lv.height, lv.width) for lv in geometry.levels] == [
         (1000, 1000),
         (2000, 2000),
@@ -35,8 +74,9 @@ def test_4000_square_has_three_levels_of_3_6_12_tiles() -> None:
     assert all(lv.padding == (0, 0) for lv in geometry.levels)
 
 
-def test_2016_square_gives_two_levels_the_papers_3_layer_dip() -> None:
-    geometry = build_pyramid(2016, 2016)
+@pytest.mark.parametrize("rule", ["official", "paper-text"])
+def test_2016_square_gives_two_levels_the_papers_3_layer_dip(rule: str) -> None:
+    geometry = build_pyramid(2016, 2016, dip_rule=rule)
     assert geometry.num_levels == 2  # + thumbnail = 3 layers
     assert [(lv.height, lv.grid, lv.scale) for lv in geometry.levels] == [
         (1008, (3, 3), 1.0),
@@ -45,7 +85,7 @@ def test_2016_square_gives_two_levels_the_papers_3_layer_dip() -> None:
 
 
 def test_27328_square_halves_five_times() -> None:
-    geometry = build_pyramid(27_328, 27_328)
+    geometry = build_pyramid(27_328, 27_328, dip_rule="paper-text")
     assert [lv.height for lv in geometry.levels] == [854, 1708, 3416, 6832, 13664, 27328]
     assert [lv.grid[0] for lv in geometry.levels] == [3, 6, 11, 21, 41, 82]
     assert geometry.levels[0].scale == pytest.approx(1008 / 854)
@@ -53,7 +93,7 @@ def test_27328_square_halves_five_times() -> None:
 
 
 def test_extreme_strip_27328_by_600_is_one_level() -> None:
-    (level,) = build_pyramid(27_328, 600).levels
+    (level,) = build_pyramid(27_328, 600, dip_rule="paper-text").levels
     assert level.grid == (82, 2)
     # r = min(82 * 336 / 27328, 2 * 336 / 600) = min(1.0082, 1.12)
     assert level.scale == pytest.approx(27_552 / 27_328)
@@ -131,7 +171,7 @@ def _check_level(level: Level, h: int, w: int) -> None:
 @example(h=1, w=1)
 @example(h=1009, w=1009)
 def test_levels_cover_the_image_for_any_size(h: int, w: int) -> None:
-    geometry = build_pyramid(h, w)
+    geometry = build_pyramid(h, w, dip_rule="paper-text")
     levels = geometry.levels
     assert levels[-1].downsample == 1 and (levels[-1].height, levels[-1].width) == (h, w)
     for coarse, fine in zip(levels, levels[1:], strict=False):
@@ -139,6 +179,35 @@ def test_levels_cover_the_image_for_any_size(h: int, w: int) -> None:
         # Halving continued only while the short side exceeded the minimum.
         assert min(h, w) / fine.downsample > geometry.min_short_side
     assert min(h, w) / levels[0].downsample <= geometry.min_short_side or len(levels) == 1
+    _check_levels(geometry, h, w)
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=SIDES, w=SIDES)
+@example(h=27_328, w=600)
+@example(h=1, w=30_000)
+@example(h=1009, w=1009)
+@example(h=1008, w=2016)
+def test_official_levels_halve_then_end_at_1008_long_side(h: int, w: int) -> None:
+    geometry = build_pyramid(h, w, dip_rule="official")
+    levels = geometry.levels
+    assert levels[-1].downsample == 1 and (levels[-1].height, levels[-1].width) == (h, w)
+    long_side = max(h, w)
+    if long_side <= geometry.min_short_side:
+        assert len(levels) == 1
+    else:
+        assert max(levels[0].height, levels[0].width) == geometry.min_short_side
+        for fine in levels[1:]:
+            # Every finer level is a power-of-two halving no shorter than 1,008 px.
+            assert math.log2(fine.downsample) == int(math.log2(fine.downsample))
+            assert long_side / fine.downsample >= geometry.min_short_side
+        halvings = [lv.downsample for lv in levels if lv.downsample == int(lv.downsample)]
+        assert long_side / (2 * max(halvings)) < geometry.min_short_side
+    _check_levels(geometry, h, w)
+
+
+def _check_levels(geometry: PyramidGeometry, h: int, w: int) -> None:
+    levels = geometry.levels
     for index, level in enumerate(levels):
         assert level.index == index
         assert (level.image_height, level.image_width) == (h, w)

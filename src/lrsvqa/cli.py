@@ -8,10 +8,15 @@ from pathlib import Path
 import typer
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
 DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
+# ``--dip-rule`` choices: how the DIP levels are built (lrsvqa.imagery.pyramid.level_sizes).
+DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
+DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
+_DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
 
 app = typer.Typer(
     name="lrsvqa",
@@ -46,7 +51,8 @@ def ask(
     alpha: float = typer.Option(0.25, help="Proportion of tokens kept at each level."),
     max_tiles: int = typer.Option(80, help="N_max: prune instead of descending past this."),
     fixed_layers: int | None = typer.Option(None, help="Fix DIP layers reached (Tab. 6)."),
-    min_short_side: int = typer.Option(1008, help="DIP: halve until the short side is this."),
+    min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     max_new_tokens: int = typer.Option(32, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
     device: str = typer.Option("cpu", help="Torch device."),
@@ -70,7 +76,9 @@ def ask(
         alpha=alpha, max_tiles=max_tiles, fixed_layers=fixed_layers, max_new_tokens=max_new_tokens
     )
     loaded = load_model(model, rfm, rfm_layers=_int_list(rfm_layers), dtype=dtype, device=device)
-    result, reader = run_ask(loaded, image, question, config, min_short_side=min_short_side)
+    result, reader = run_ask(
+        loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
+    )
     if json_out:
         print(json.dumps({"answer": result.answer, **result.trace_dict()}))
     else:
@@ -395,7 +403,8 @@ def pyramid(
     image: Path = typer.Argument(..., help="Large image (TIFF/GeoTIFF/BigTIFF, PNG or JPEG)."),
     overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
     tile_size: int = typer.Option(336, min=1, help="Tile side B (336 for CLIP-L/14-336)."),
-    min_short_side: int = typer.Option(1008, min=1, help="Halve until the short side is this."),
+    min_short_side: int = typer.Option(1008, min=1, help="Bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     bands: str | None = typer.Option(None, help="Bands shown as RGB (0-based), e.g. 3,2,1."),
     no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
 ) -> None:
@@ -416,6 +425,7 @@ def pyramid(
             image,
             tile_size=tile_size,
             min_short_side=min_short_side,
+            dip_rule=dip_rule.value,
             bands=_int_list(bands),
             max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
         )
@@ -583,7 +593,8 @@ def flops(
     max_tiles: int = typer.Option(80, help="c2f N_max; also the c2f-nodip grid budget."),
     grid_tiles: int = typer.Option(144, help="Anyres grid under VisionZip/PruMerge+/FastV/PDrop."),
     rfm_layers: int = typer.Option(4, help="RFM layers counted per pyramid level."),
-    min_short_side: int = typer.Option(1008, help="DIP: halve until the short side is this."),
+    min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
 ) -> None:
     """Theoretical LLM TFLOPs of the vision tokens per strategy (FastV/PDrop formula).
 
@@ -614,6 +625,7 @@ def flops(
             max_tiles=max_tiles,
             c2f_tiles=c2f_tiles,
             min_short_side=min_short_side,
+            dip_rule=dip_rule.value,
         )
         rows = flops_table(dims, height, width, names, options)
     except ValueError as error:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE, Level, build_pyramid
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE, Level, build_pyramid
 from lrsvqa.pruning import budgets
 from lrsvqa.pruning.anyres import AnyresGeometry
 
@@ -184,7 +184,9 @@ class CountOptions:
         max_tiles: Coarse-to-fine ``N_max``; also c2f-nodip's grid budget.
         c2f_tiles: Tiles coarse-to-fine encodes at each level below the first (it
             depends on the question; 0 = never descends). Required for ``c2f``.
-        min_short_side: DIP halving stops at this short side.
+        min_short_side: The 1,008 px bound of the coarsest DIP level.
+        dip_rule: ``"official"`` or ``"paper-text"`` DIP levels
+            (:func:`lrsvqa.imagery.pyramid.level_sizes`).
     """
 
     reduction_grid_tiles: int = REDUCTION_GRID_TILES
@@ -198,6 +200,7 @@ class CountOptions:
     max_tiles: int = C2F_MAX_TILES
     c2f_tiles: float | None = None
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
+    dip_rule: str = DEFAULT_DIP_RULE
 
 
 def _llm(dims: ModelDims, vision_tokens: int) -> tuple[int, ...]:
@@ -289,7 +292,9 @@ def c2f_count(dims: ModelDims, height: int, width: int, options: CountOptions) -
     if options.c2f_tiles is None:
         raise ValueError("c2f needs an average tile count per level (c2f_tiles) or a trace")
     g, thumb = dims.tokens_per_side, dims.tokens_per_tile
-    levels = build_pyramid(height, width, dims.tile_size, options.min_short_side).levels
+    levels = build_pyramid(
+        height, width, dims.tile_size, options.min_short_side, options.dip_rule
+    ).levels
     tiles_per_level = max(0, round(options.c2f_tiles))
     descends = 0 < tiles_per_level <= options.max_tiles
     reached = levels if descends else levels[:1]

@@ -85,7 +85,7 @@ def trace_table(result: CoarseToFineResult) -> Table:
     for level in result.levels:
         table.add_row(
             str(level.level),
-            f"1/{level.downsample}",
+            f"1/{level.downsample:.4g}",
             f"{level.grid[0]}x{level.grid[1]}",
             f"{len(level.tiles_encoded)} / {level.tiles_available}",
             str(level.tokens_encoded),

@@ -44,7 +44,7 @@ def pyramid_table(reader: PyramidReader) -> Table:
         rows, cols = level.grid
         source = image.level_sizes[image.source_level(whole, level.resized_size)]
         table.add_row(
-            str(level.index + 1), f"{level.downsample}", _size((level.height, level.width)),
+            str(level.index + 1), f"{level.downsample:.4g}", _size((level.height, level.width)),
             _size(level.resized_size), f"{rows}x{cols}", str(level.num_tiles),
             f"{level.scale:.4f}", _size(source),
         )  # fmt: skip

@@ -25,6 +25,11 @@ Box = tuple[float, float, float, float]
 
 DEFAULT_TILE_SIZE = 336
 DEFAULT_MIN_SHORT_SIDE = 1008
+# Which halving rule builds the DIP levels (see :func:`level_sizes`).
+OFFICIAL_DIP_RULE = "official"
+PAPER_TEXT_DIP_RULE = "paper-text"
+DIP_RULES = (OFFICIAL_DIP_RULE, PAPER_TEXT_DIP_RULE)
+DEFAULT_DIP_RULE = OFFICIAL_DIP_RULE
 _EDGE_EPS = 1e-6
 
 
@@ -49,7 +54,9 @@ class Level:
 
     Attributes:
         index: Position in the pyramid, 0 = coarsest tiled level.
-        downsample: Power-of-two factor from the original image (1 = original).
+        downsample: Factor from the original image (1 = original): a power of two,
+            or under the official DIP rule, for the coarsest level, the factor that
+            brings the long side to 1,008 px.
         height: Height ``H_p`` of the downsampled image before eq. 3 resizing.
         width: Width ``W_p`` of the downsampled image before eq. 3 resizing.
         tile_size: Tile side ``B``.
@@ -59,7 +66,7 @@ class Level:
     """
 
     index: int
-    downsample: int
+    downsample: float
     height: int
     width: int
     tile_size: int
@@ -242,20 +249,41 @@ class PyramidGeometry:
 
 
 def level_sizes(
-    height: int, width: int, min_short_side: int = DEFAULT_MIN_SHORT_SIDE
-) -> list[tuple[int, int, int]]:
-    """Sizes of the halved copies, coarse to fine, as ``(downsample, h, w)``.
+    height: int,
+    width: int,
+    min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    rule: str = DEFAULT_DIP_RULE,
+) -> list[tuple[float, int, int]]:
+    """Sizes of the downsampled copies, coarse to fine, as ``(downsample, h, w)``.
 
-    The image is halved while its shorter side is longer than ``min_short_side``,
-    so the coarsest level's short side lies in ``(min/2, min]`` (or is the original
-    image when that is already small). A 2,016 px square gets two levels, matching
-    the paper's "3-layer DIP supporting up to 2,016 x 2,016 pixels".
+    Two rules, which agree on square images (2,016 px -> 2 levels, the paper's
+    "3-layer DIP supporting up to 2,016 x 2,016 pixels"; 4,000 px -> 3 levels):
+
+    * ``"official"`` (default; the authors' code, ``pyramid_crop`` in
+      ``llava/mm_utils.py``, which produced the paper's results): scales 1, 1/2,
+      1/4, ... while the *long* side stays at least ``min_short_side``, plus a last
+      level whose long side is exactly ``min_short_side``. This bounds the coarsest
+      level of long strips (27,328 x 3,000: 3 tiles).
+    * ``"paper-text"`` (the paper's sentence): halve while the *shorter* side is
+      longer than ``min_short_side``, so the coarsest short side lies in
+      ``(min/2, min]``; a 27,328 x 3,000 strip keeps 63 tiles at its coarsest.
     """
     if height < 1 or width < 1:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if min_short_side < 1:
         raise ValueError(f"min_short_side must be positive, got {min_short_side}")
-    sizes = [(1, height, width)]
+    if rule not in DIP_RULES:
+        raise ValueError(f"unknown DIP rule {rule!r}; known: {', '.join(DIP_RULES)}")
+    if rule == OFFICIAL_DIP_RULE:
+        min_scale = min(1.0, min_short_side / max(height, width))
+        scales = [1.0]
+        while scales[-1] / 2 >= min_scale:
+            scales.append(scales[-1] / 2)
+        if scales[-1] > min_scale:
+            scales.append(min_scale)
+        factors = [1 / scale for scale in reversed(scales)]
+        return [(f, max(1, round(height / f)), max(1, round(width / f))) for f in factors]
+    sizes: list[tuple[float, int, int]] = [(1, height, width)]
     factor = 1
     while min(height, width) / factor > min_short_side:
         factor *= 2
@@ -268,6 +296,7 @@ def build_pyramid(
     width: int,
     tile_size: int = DEFAULT_TILE_SIZE,
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    dip_rule: str = DEFAULT_DIP_RULE,
 ) -> PyramidGeometry:
     """Build the DIP geometry for an image of ``height`` x ``width`` pixels.
 
@@ -275,7 +304,8 @@ def build_pyramid(
         height: Original image height in pixels.
         width: Original image width in pixels.
         tile_size: Tile side ``B`` (336 for CLIP-L/14-336).
-        min_short_side: Halving stops once the shorter side is at most this.
+        min_short_side: The 1,008 px bound of the coarsest level (see :func:`level_sizes`).
+        dip_rule: ``"official"`` or ``"paper-text"`` (:func:`level_sizes`).
 
     Returns:
         The pyramid geometry, levels ordered coarse to fine.
@@ -292,7 +322,7 @@ def build_pyramid(
             image_height=height,
             image_width=width,
         )
-        for i, (factor, h, w) in enumerate(level_sizes(height, width, min_short_side))
+        for i, (factor, h, w) in enumerate(level_sizes(height, width, min_short_side, dip_rule))
     )
     return PyramidGeometry(
         image_height=height,

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lrsvqa.imagery.pyramid import (
+    DEFAULT_DIP_RULE,
     DEFAULT_MIN_SHORT_SIDE,
     DEFAULT_TILE_SIZE,
     PyramidGeometry,
@@ -59,6 +60,7 @@ class PyramidReader:
         tile_size: int = DEFAULT_TILE_SIZE,
         min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
         pad_value: int = 0,
+        dip_rule: str = DEFAULT_DIP_RULE,
         **reader_options: Any,
     ) -> PyramidReader:
         """Open ``path`` and build its pyramid.
@@ -66,14 +68,16 @@ class PyramidReader:
         Args:
             path: Image file.
             tile_size: Tile side ``B``.
-            min_short_side: Halving stops once the shorter side is at most this.
+            min_short_side: The 1,008 px bound of the coarsest DIP level.
             pad_value: Grey level of the padding.
+            dip_rule: ``"official"`` or ``"paper-text"``
+                (:func:`lrsvqa.imagery.pyramid.level_sizes`).
             **reader_options: Passed to :func:`lrsvqa.imagery.reader.open_image`
                 (``bands``, ``percentiles``, ``max_pixels``).
         """
         image = open_image(path, **reader_options)
         try:
-            geometry = build_pyramid(image.height, image.width, tile_size, min_short_side)
+            geometry = build_pyramid(image.height, image.width, tile_size, min_short_side, dip_rule)
             return cls(image, geometry, pad_value)
         except BaseException:
             image.close()

@@ -73,7 +73,7 @@ class LevelTrace:
     """What happened at one DIP level."""
 
     level: int
-    downsample: int
+    downsample: float
     grid: tuple[int, int]
     tiles_available: int
     tiles_encoded: list[tuple[int, int]]

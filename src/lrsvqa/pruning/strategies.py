@@ -33,7 +33,12 @@ import numpy as np
 import torch
 
 from lrsvqa.flops import ModelDims, TokenCount
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE, grid_geometry
+from lrsvqa.imagery.pyramid import (
+    DEFAULT_DIP_RULE,
+    DEFAULT_MIN_SHORT_SIDE,
+    DIP_RULES,
+    grid_geometry,
+)
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
@@ -377,7 +382,7 @@ class CoarseToFineStrategy(_ModelStrategy):
         adapter: The model.
         rfm: Its Region Focus Module (trained or training-free).
         config: Alg. 1 options.
-        min_short_side: DIP halving stops at this short side.
+        min_short_side: The 1,008 px bound of the coarsest DIP level.
         grid_tiles: None for the DIP (``c2f``); otherwise prune on the single anyres
             grid of at most this many tiles, placed by :func:`grid_geometry`
             (``c2f-nodip``, the paper's Tab. 5 ablation).
@@ -391,10 +396,12 @@ class CoarseToFineStrategy(_ModelStrategy):
         config: CoarseToFineConfig,
         min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
         grid_tiles: int | None = None,
+        dip_rule: str = DEFAULT_DIP_RULE,
     ) -> None:
         super().__init__(name, adapter, config.max_new_tokens)
         self.c2f = CoarseToFine(adapter, rfm, config)
         self.min_short_side = min_short_side
+        self.dip_rule = dip_rule
         self.grid_tiles = grid_tiles
         self.rfm_dims = ModelDims.from_config(adapter.config.to_dict(), rfm_layers=len(rfm.layers))
 
@@ -402,7 +409,9 @@ class CoarseToFineStrategy(_ModelStrategy):
         """Open the image lazily with its DIP (or single-grid) geometry."""
         b = self.adapter.tile_size
         if self.grid_tiles is None:
-            return PyramidReader.open(image_path, tile_size=b, min_short_side=self.min_short_side)
+            return PyramidReader.open(
+                image_path, tile_size=b, min_short_side=self.min_short_side, dip_rule=self.dip_rule
+            )
         image = open_image(image_path)
         try:
             grid = AnyresGeometry.for_image(image.height, image.width, self.grid_tiles, b).grid
@@ -589,7 +598,9 @@ def make_c2f(nodip: bool, **options: Any) -> CoarseToFineStrategy:
     """Factory of ``c2f`` / ``c2f-nodip``."""
     name = "c2f-nodip" if nodip else "c2f"
     shared = ("rfm_layers", "alpha")
-    own_keys = ("grid_tiles",) if nodip else ("max_tiles", "fixed_layers", "min_short_side")
+    own_keys = (
+        ("grid_tiles",) if nodip else ("max_tiles", "fixed_layers", "min_short_side", "dip_rule")
+    )
     common, own = CommonOptions.split(name, options, shared + own_keys)
     adapter = common.adapter()
     layers = own.get("rfm_layers")
@@ -603,7 +614,12 @@ def make_c2f(nodip: bool, **options: Any) -> CoarseToFineStrategy:
     )
     grid_tiles = int(own.get("grid_tiles", NODIP_GRID_TILES)) if nodip else None
     min_short_side = int(own.get("min_short_side", DEFAULT_MIN_SHORT_SIDE))
-    return CoarseToFineStrategy(name, adapter, rfm, config, min_short_side, grid_tiles)
+    dip_rule = str(own.get("dip_rule", DEFAULT_DIP_RULE))
+    if dip_rule not in DIP_RULES:
+        raise ValueError(
+            f"{name}: dip_rule must be one of {', '.join(DIP_RULES)}, got {dip_rule!r}"
+        )
+    return CoarseToFineStrategy(name, adapter, rfm, config, min_short_side, grid_tiles, dip_rule)
 
 
 register_strategy("thumbnail", make_thumbnail)
