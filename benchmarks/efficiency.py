@@ -217,7 +217,7 @@ def main() -> None:
     if REFERENCE not in names:
         names.append(REFERENCE)
     qwen, vicuna = ModelDims.from_config(QWEN2_7B), ModelDims.from_config(VICUNA_7B)
-    options = CountOptions(c2f_tiles=args.c2f_tiles)
+    options = CountOptions(c2f_tiles=(args.c2f_tiles,))
     with tempfile.TemporaryDirectory() as scratch:
         path = model_path(args, Path(scratch))
         adapter = shared_adapter(path, args.dtype, args.device)

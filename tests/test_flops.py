@@ -68,7 +68,7 @@ def test_reduction_counts_by_hand():
 
 
 def test_c2f_counts_the_rfm_on_each_level():
-    options = CountOptions(c2f_tiles=4)
+    options = CountOptions(c2f_tiles=(4,))
     count = count_strategy("c2f", QWEN2_7B, 4000, 4000, options)
     # DIP 1000 (3x3) -> 2000 (6x6) -> 4000 (12x12); 4 tiles (a 2x2 block) below level 1.
     assert count.rfm_vision_tokens == (576 + 9 * 576 + 3 * 24, 576 + 4 * 576 + 48, 2928)
@@ -78,13 +78,13 @@ def test_c2f_counts_the_rfm_on_each_level():
     d, m = 3584, 18944
     rfm = sum(4 * layer_flops(n, d, m) for n in count.rfm_vision_tokens)
     assert count.flops(QWEN2_7B) == rfm + 28 * layer_flops(576 + kept + 48, d, m)
-    stays = count_strategy("c2f", QWEN2_7B, 4000, 4000, CountOptions(c2f_tiles=0))
+    stays = count_strategy("c2f", QWEN2_7B, 4000, 4000, CountOptions(c2f_tiles=(0,)))
     assert len(stays.rfm_vision_tokens) == 1
     assert stays.tokens_to_llm == 576 + math.ceil(0.25 * 9 * 576) + 72
     with pytest.raises(ValueError, match="c2f_tiles"):
         count_strategy("c2f", QWEN2_7B, 4000, 4000)
     nodip = count_strategy("c2f-nodip", QWEN2_7B, 4000, 4000)
-    assert nodip.vision_tokens_encoded == 65 * 576  # best grid with <= 80 tiles: 8 x 8
+    assert nodip.vision_tokens_encoded == 145 * 576  # the reduction rows' 12 x 12 grid
 
 
 def test_c2f_is_cheapest_at_4000_px():
@@ -93,7 +93,7 @@ def test_c2f_is_cheapest_at_4000_px():
         4000,
         4000,
         ["anyres-p144", "fastv", "visionzip", "c2f"],
-        CountOptions(c2f_tiles=4),
+        CountOptions(c2f_tiles=(4,)),
     )
     tflops = {row["strategy"]: row["tflops"] for row in rows}
     assert tflops["c2f"] < tflops["visionzip"] < tflops["fastv"] < tflops["anyres-p144"]
@@ -122,8 +122,8 @@ def test_trace_average_tiles():
         {"answer": "x", "trace": {}},
     ]
     lines = [json.dumps(r) for r in records] + [""]
-    assert c2f_tiles_from_trace(lines) == pytest.approx(4.0)
-    assert c2f_tiles_from_trace([json.dumps(records[1])]) == 0.0
+    assert c2f_tiles_from_trace(lines) == pytest.approx((3.5, 5.0))
+    assert c2f_tiles_from_trace([json.dumps(records[1])]) == (0.0,)
     with pytest.raises(ValueError):
         c2f_tiles_from_trace([json.dumps(records[3])])
 
@@ -153,6 +153,84 @@ def test_flops_cli_prints_the_table(tmp_path):
         app, ["flops", "--config", str(config), "--trace", str(trace)], terminal_width=200
     )
     assert from_trace.exit_code == 0 and "c2f 0 tiles/level" in from_trace.output
+
+
+# The paper's Tab. 4 (LLaVA-NeXT-Qwen2, 4,000 px, pooled tiles, no row ends). Row 1 is
+# the paper's calibration (83,520 / 21,312 / 243.37); every row is derived by hand below
+# from its method's rule on the pooled sequence: thumbnail 576 + 144 tiles x 144 tokens.
+TABLE4_CALL = [
+    "flops", "--image-size", "4000x4000", "--hr-pool", "2", "--no-newline",
+    "--grid-tiles", "144", "--alpha", "0.25", "--rfm-depth", "4", "--c2f-tiles", "36,50",
+    "--strategies", "anyres-p144,prumerge++,visionzip,fastv,pdrop,c2f-nodip,c2f",
+    "--format", "json",
+]  # fmt: skip
+
+
+def _by_hand_table4() -> list[tuple[str, int, int, float]]:
+    f = lambda n: layer_flops(n, 3584, 18944)  # noqa: E731
+    pooled = 576 + 144 * 144  # 21,312
+    nodip_llm = 576 + 144 * 144 // 4  # top 25 % of the pooled tile tokens
+    # DIP-4layer: 3x3 whole, then 36 and 50 tiles; RFM at each level, LLM on the last.
+    c2f_rfm = [576 + 9 * 144, 576 + 36 * 144, 576 + 50 * 144]
+    c2f_llm = 576 + 50 * 144 // 4
+    return [
+        ("anyres-p144", 145 * 576, pooled, 28 * f(pooled)),
+        ("prumerge++", 145 * 576, 144 + 144 * 36, 28 * f(144 + 144 * 36)),
+        ("visionzip", 145 * 576, 145 * 64, 28 * f(145 * 64)),
+        ("fastv", 145 * 576, pooled, 2 * f(pooled) + 26 * f(pooled // 2)),
+        ("pdrop", 145 * 576, pooled, 7 * sum(f(pooled // 2**k) for k in range(4))),
+        ("c2f-nodip", 145 * 576, nodip_llm, 28 * f(nodip_llm) + 4 * f(pooled)),
+        ("c2f", 96 * 576, c2f_llm, 28 * f(c2f_llm) + 4 * sum(f(n) for n in c2f_rfm)),
+    ]
+
+
+def test_table4_call_prints_the_papers_rows(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(LLAVA_NEXT_QWEN2))
+    result = CliRunner().invoke(app, [TABLE4_CALL[0], "--config", str(config), *TABLE4_CALL[1:]])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows[0] == {
+        "strategy": "anyres-p144",
+        "vision_tokens_encoded": 83_520,
+        "vision_tokens_to_llm": 21_312,
+        "tflops": pytest.approx(243.37, abs=0.005),
+    }
+    expected = [
+        {
+            "strategy": name,
+            "vision_tokens_encoded": encoded,
+            "vision_tokens_to_llm": to_llm,
+            "tflops": pytest.approx(flops / 1e12, abs=0.005),
+        }
+        for name, encoded, to_llm, flops in _by_hand_table4()
+    ]
+    assert rows == expected
+    table = CliRunner().invoke(
+        app, [TABLE4_CALL[0], "--config", str(config), *TABLE4_CALL[1:-2]], terminal_width=200
+    )
+    assert "243.37" in table.output and "hr_pool 2" in table.output
+
+
+def test_pooling_and_newlines_change_only_the_high_res_tokens():
+    pooled = ModelDims(3584, 18944, 28, hr_pool=2, image_newline=False)
+    assert (pooled.hr_tokens_per_side, pooled.hr_tokens_per_tile) == (12, 144)
+    assert count_strategy("thumbnail", pooled, 4000, 4000).tokens_to_llm == 576
+    with_rows = ModelDims(3584, 18944, 28, hr_pool=2)
+    assert count_strategy("anyres-p144", with_rows, 4000, 4000).tokens_to_llm == 21_312 + 144
+    assert ModelDims.from_config(LLAVA_NEXT_QWEN2 | {"hr_pool": 2}).hr_pool == 2
+
+
+def test_every_registered_strategy_is_countable():
+    from lrsvqa.pruning.registry import available_strategies
+
+    options = CountOptions(c2f_tiles=(4,))
+    for name in available_strategies():
+        count = count_strategy(name, QWEN2_7B, 4000, 4000, options)
+        assert count.tokens_to_llm > 0 and count.flops(QWEN2_7B) > 0
+    fullres = count_strategy("fullres", QWEN2_7B, 4000, 4000, options)
+    assert fullres.vision_tokens_encoded == 145 * 576  # the 12 x 12 finest DIP level
+    assert fullres.tokens_to_llm == 576 + 144 * 576 + 12 * 24
 
 
 def test_flops_module_does_not_import_torch():

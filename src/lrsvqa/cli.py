@@ -583,23 +583,34 @@ def flops(
     strategies: str = typer.Option(
         "anyres-p144,visionzip,fastv,pdrop,prumerge++,c2f", help="Comma-separated names."
     ),
-    c2f_tiles: float | None = typer.Option(
-        None, help="c2f: average tiles per level below the first (0 = never descends)."
+    c2f_tiles: str | None = typer.Option(
+        None, help="c2f: average tiles at each level below the first, e.g. 36,50 (0 = stop)."
     ),
     trace: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="c2f: eval answers JSONL to average tiles from."
     ),
     alpha: float = typer.Option(0.25, help="c2f retain ratio."),
-    max_tiles: int = typer.Option(80, help="c2f N_max; also the c2f-nodip grid budget."),
-    grid_tiles: int = typer.Option(144, help="Anyres grid under VisionZip/PruMerge+/FastV/PDrop."),
-    rfm_layers: int = typer.Option(4, help="RFM layers counted per pyramid level."),
+    max_tiles: int = typer.Option(80, help="c2f N_max."),
+    grid_tiles: int = typer.Option(
+        144, help="Anyres grid under VisionZip/PruMerge+/FastV/PDrop and c2f-nodip."
+    ),
+    rfm_depth: int = typer.Option(4, help="RFM layers counted per pyramid level."),
+    hr_pool: int | None = typer.Option(
+        None, min=1, help="Pooling stride of high-res tiles (2 = the paper's; default: config)."
+    ),
+    no_newline: bool = typer.Option(False, help="Count no row-end (image_newline) tokens."),
     min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    output_format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Theoretical LLM TFLOPs of the vision tokens per strategy (FastV/PDrop formula).
 
-    Example: lrsvqa flops --config llava/config.json --image-size 4000x4000 --c2f-tiles 4
+    Example (the paper's Tab. 4 setting): lrsvqa flops --config qwen2/config.json
+    --hr-pool 2 --no-newline --c2f-tiles 36,50 --strategies anyres-p144,c2f-nodip,c2f
     """
+    import dataclasses
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -611,25 +622,36 @@ def flops(
         parse_image_size,
     )
 
+    if output_format not in ("table", "json"):
+        raise typer.BadParameter("choose table or json", param_hint="--format")
     names = [name.strip() for name in strategies.split(",") if name.strip()]
     try:
         height, width = parse_image_size(image_size)
-        dims = load_model_dims(config, rfm_layers=rfm_layers)
-        if trace is not None and c2f_tiles is None:
-            c2f_tiles = c2f_tiles_from_trace(trace.read_text().splitlines())
-        if "c2f" in names and c2f_tiles is None:
+        dims = load_model_dims(config, rfm_layers=rfm_depth)
+        dims = dataclasses.replace(
+            dims,
+            hr_pool=dims.hr_pool if hr_pool is None else hr_pool,
+            image_newline=dims.image_newline and not no_newline,
+        )
+        per_level = _float_tuple(c2f_tiles) if c2f_tiles else None
+        if trace is not None and per_level is None:
+            per_level = c2f_tiles_from_trace(trace.read_text().splitlines())
+        if "c2f" in names and per_level is None:
             raise ValueError("c2f depends on the question: give --c2f-tiles or --trace")
         options = CountOptions(
             reduction_grid_tiles=grid_tiles,
             alpha=alpha,
             max_tiles=max_tiles,
-            c2f_tiles=c2f_tiles,
+            c2f_tiles=per_level,
             min_short_side=min_short_side,
             dip_rule=dip_rule.value,
         )
         rows = flops_table(dims, height, width, names, options)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
+    if output_format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
     table = Table(title=f"theoretical FLOPs, {width}x{height} px")
     for column in ("strategy", "vision tokens encoded", "vision tokens to LLM", "TFLOPs"):
         table.add_column(column, justify="left" if column == "strategy" else "right")
@@ -637,12 +659,22 @@ def flops(
         table.add_row(
             row["strategy"],
             f"{row['vision_tokens_encoded']:,}",
-            f"{row['tokens_to_llm']:,}",
+            f"{row['vision_tokens_to_llm']:,}",
             f"{row['tflops']:.2f}",
         )
+    levels = ",".join(f"{t:g}" for t in per_level) if per_level is not None else None
     table.caption = (
         f"LLM d={dims.hidden_size} m={dims.intermediate_size} layers={dims.num_layers}, "
-        f"{dims.tokens_per_tile} tokens/tile"
-        + (f", c2f {c2f_tiles:g} tiles/level" if c2f_tiles is not None else "")
+        f"{dims.tokens_per_tile} tokens/tile, hr_pool {dims.hr_pool}, "
+        f"newlines {'on' if dims.image_newline else 'off'}"
+        + (f", c2f {levels} tiles/level" if levels is not None else "")
     )
     Console().print(table)
+
+
+def _float_tuple(text: str) -> tuple[float, ...]:
+    """Parse ``"36,50"``."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from error

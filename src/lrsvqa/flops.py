@@ -8,9 +8,17 @@ Pure arithmetic: no torch, no weights. The per-layer cost is the formula FastV
 
 (q/k/v/o projections, attention scores and weighted sum, the three SwiGLU matrices),
 summed over the layers with each layer's own ``n``. As in the LRS-VQA paper's Tab. 4,
-``n`` counts only the vision tokens after the projector (image_newline entries
-included). The Region Focus Module of coarse-to-fine is counted the same way: its
-``R`` layers on the vision tokens it sees at each pyramid level.
+``n`` counts only the vision tokens after the projector. The Region Focus Module of
+coarse-to-fine is counted the same way: its ``R`` layers on the vision tokens it sees
+at each pyramid level.
+
+Two architecture options decide the counts: ``hr_pool`` (the paper's model pools
+every high-resolution tile's 24 x 24 grid 2 x 2 to 12 x 12, the thumbnail staying
+at 576; ``get_2dPool`` in the authors' ``llava_arch.py``) and ``image_newline``
+(Tab. 4 counts no row-end tokens). With both, the paper's first row is reproduced:
+anyres-p144 on a 4,000 px image, 83,520 tokens encoded, 21,312 into the LLM,
+243.37 TFLOPs for Qwen2-7B. Each other row follows from its method's own rule on
+that pooled sequence (see the counters' docstrings).
 
 Model dimensions come from a Hugging Face LLaVA ``config.json`` (no weights needed).
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,7 @@ REDUCTION_GRID_TILES = 144
 
 STRATEGY_NAMES = (
     "thumbnail",
+    "fullres",
     "anyres-p4",
     "anyres-p9",
     "anyres-p25",
@@ -73,7 +82,9 @@ class ModelDims:
         patch_size: Vision-encoder patch side.
         image_newline: Whether each token row is closed by ``image_newline``
             (LLaVA-NeXT and later; not LLaVA-1.5).
-        rfm_layers: Layers ``R`` of the Region Focus Module.
+        rfm_layers: Layers ``R`` of the Region Focus Module counted per level.
+        hr_pool: Stride of the pooling of every high-resolution tile's token grid
+            (1 = none, 2 = the paper's model); the thumbnail is never pooled.
     """
 
     hidden_size: int
@@ -83,6 +94,7 @@ class ModelDims:
     patch_size: int = 14
     image_newline: bool = True
     rfm_layers: int = RFM_LAYERS
+    hr_pool: int = 1
 
     @property
     def tokens_per_side(self) -> int:
@@ -91,12 +103,28 @@ class ModelDims:
 
     @property
     def tokens_per_tile(self) -> int:
-        """Vision tokens per tile."""
+        """Vision tokens per tile out of the encoder (and of the unpooled thumbnail)."""
         return self.tokens_per_side**2
+
+    @property
+    def hr_tokens_per_side(self) -> int:
+        """Tokens per high-resolution tile side after pooling (``ceil``, as bilinear)."""
+        return math.ceil(self.tokens_per_side / self.hr_pool)
+
+    @property
+    def hr_tokens_per_tile(self) -> int:
+        """Tokens per high-resolution tile after pooling."""
+        return self.hr_tokens_per_side**2
+
+    def newlines(self, token_rows: int) -> int:
+        """Row-end tokens closing ``token_rows`` rows (0 without ``image_newline``)."""
+        return token_rows if self.image_newline else 0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], rfm_layers: int = RFM_LAYERS) -> ModelDims:
         """Read the dimensions from a LLaVA config dictionary (``config.json`` contents).
+
+        ``hr_pool`` comes from the config's ``hr_pool`` key where it has one (1 if not).
 
         Checkpoints saved by ``transformers`` omit values equal to their class
         defaults (e.g. ``hidden_size`` 4096 of a Mistral text config); those are then
@@ -120,6 +148,7 @@ class ModelDims:
             patch_size=int(vision["patch_size"]),
             image_newline=config.get("model_type", "llava_next") != "llava",
             rfm_layers=rfm_layers,
+            hr_pool=int(config.get("hr_pool", 1)),
         )
 
 
@@ -182,8 +211,9 @@ class CountOptions:
         pdrop_ratio: PDrop ratio dropped at each boundary.
         alpha: Coarse-to-fine retain ratio.
         max_tiles: Coarse-to-fine ``N_max``; also c2f-nodip's grid budget.
-        c2f_tiles: Tiles coarse-to-fine encodes at each level below the first (it
-            depends on the question; 0 = never descends). Required for ``c2f``.
+        c2f_tiles: Average tiles coarse-to-fine encodes at each level below the
+            first, one number per level (it depends on the question; the last number
+            repeats for deeper levels; 0 = stops there). Required for ``c2f``.
         min_short_side: The 1,008 px bound of the coarsest DIP level.
         dip_rule: ``"official"`` or ``"paper-text"`` DIP levels
             (:func:`lrsvqa.imagery.pyramid.level_sizes`).
@@ -198,7 +228,7 @@ class CountOptions:
     pdrop_ratio: float = budgets.PDROP_RATIO
     alpha: float = C2F_ALPHA
     max_tiles: int = C2F_MAX_TILES
-    c2f_tiles: float | None = None
+    c2f_tiles: tuple[float, ...] | None = None
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
     dip_rule: str = DEFAULT_DIP_RULE
 
@@ -219,32 +249,57 @@ def _anyres(dims: ModelDims, height: int, width: int, max_tiles: int) -> AnyresG
 
 
 def anyres_count(dims: ModelDims, height: int, width: int, max_tiles: int) -> TokenCount:
-    """LLaVA-NeXT anyres-pX: base view + unpadded grid + one newline per token row."""
+    """LLaVA-NeXT anyres-pX: thumbnail + unpadded (pooled) grid + row ends."""
     geometry = _anyres(dims, height, width, max_tiles)
     encoded = (1 + geometry.num_tiles) * dims.tokens_per_tile
-    tokens = geometry.vision_tokens(dims.tokens_per_side, dims.image_newline)
+    rows, cols = geometry.unpadded_tokens(dims.hr_tokens_per_side)
+    tokens = dims.tokens_per_tile + rows * cols + dims.newlines(rows)
     return TokenCount(f"anyres-p{max_tiles}", encoded, _llm(dims, tokens))
 
 
-def _per_tile_count(
-    name: str, dims: ModelDims, height: int, width: int, grid_tiles: int, per_tile: int
+def fullres_count(dims: ModelDims, height: int, width: int, options: CountOptions) -> TokenCount:
+    """Every tile of the original-resolution DIP level, plus the thumbnail."""
+    finest = _levels(dims, height, width, options)[-1]
+    rows = finest.grid[0] * dims.hr_tokens_per_side
+    tokens = dims.tokens_per_tile + finest.num_tiles * dims.hr_tokens_per_tile
+    encoded = (1 + finest.num_tiles) * dims.tokens_per_tile
+    return TokenCount("fullres", encoded, _llm(dims, tokens + dims.newlines(rows)))
+
+
+def _per_crop_count(
+    name: str, dims: ModelDims, height: int, width: int, grid_tiles: int, kept: Callable[[int], int]
 ) -> TokenCount:
-    """Reduction inside the vision encoder: ``per_tile`` tokens of every anyres crop."""
-    crops = 1 + _anyres(dims, height, width, grid_tiles).num_tiles
-    return TokenCount(name, crops * dims.tokens_per_tile, _llm(dims, crops * per_tile))
+    """Reduction of every anyres crop: ``kept(n)`` of the ``n`` tokens it gives the LLM.
+
+    The thumbnail gives ``B/14`` squared tokens, a pooled tile ``hr_tokens_per_tile``.
+    """
+    tiles = _anyres(dims, height, width, grid_tiles).num_tiles
+    tokens = kept(dims.tokens_per_tile) + tiles * kept(dims.hr_tokens_per_tile)
+    return TokenCount(name, (1 + tiles) * dims.tokens_per_tile, _llm(dims, tokens))
 
 
 def visionzip_count(dims: ModelDims, height: int, width: int, options: CountOptions) -> TokenCount:
-    """VisionZip: dominant + contextual tokens of every crop."""
-    per_tile = sum(budgets.visionzip_split(options.visionzip_retained, dims.tokens_per_tile))
-    return _per_tile_count("visionzip", dims, height, width, options.reduction_grid_tiles, per_tile)
+    """VisionZip: dominant + contextual tokens of every crop (at most all of them)."""
+    retained = sum(budgets.visionzip_split(options.visionzip_retained, dims.tokens_per_tile))
+    return _per_crop_count(
+        "visionzip",
+        dims,
+        height,
+        width,
+        options.reduction_grid_tiles,
+        lambda n: min(n, retained),
+    )
 
 
 def prumerge_count(dims: ModelDims, height: int, width: int, options: CountOptions) -> TokenCount:
     """PruMerge+: ``ceil(ratio * n)`` merged tokens of every crop."""
-    per_tile = budgets.prumerge_budget(dims.tokens_per_tile, options.prumerge_ratio)
-    return _per_tile_count(
-        "prumerge++", dims, height, width, options.reduction_grid_tiles, per_tile
+    return _per_crop_count(
+        "prumerge++",
+        dims,
+        height,
+        width,
+        options.reduction_grid_tiles,
+        lambda n: budgets.prumerge_budget(n, options.prumerge_ratio),
     )
 
 
@@ -270,6 +325,13 @@ def llm_drops(name: str, num_layers: int, options: CountOptions) -> dict[int, fl
     return dict.fromkeys(layers, options.pdrop_ratio)
 
 
+def _levels(dims: ModelDims, height: int, width: int, options: CountOptions) -> tuple[Level, ...]:
+    """The DIP levels of the image under the options' rule."""
+    return build_pyramid(
+        height, width, dims.tile_size, options.min_short_side, options.dip_rule
+    ).levels
+
+
 def _block_rows(tiles: int, level: Level) -> int:
     """Tile rows spanned by ``tiles`` tiles assumed to form the squarest block."""
     return min(level.grid[0], math.ceil(math.sqrt(tiles)))
@@ -281,45 +343,44 @@ def _retained(alpha: float, tokens: int) -> int:
 
 
 def c2f_count(dims: ModelDims, height: int, width: int, options: CountOptions) -> TokenCount:
-    """Coarse-to-fine on the DIP, assuming ``c2f_tiles`` tiles at each finer level.
+    """Coarse-to-fine on the DIP, with ``c2f_tiles[i]`` tiles at finer level ``i + 2``.
 
-    Level 1 is encoded whole; while ``c2f_tiles <= N_max`` the next level is entered
-    with that many tiles (capped by the level). The RFM sees thumbnail + level tokens
-    + newlines at every level reached; the LLM sees thumbnail + the top-alpha tokens
-    of the last level + newlines. Newline rows of selected tiles are an estimate
-    (tiles taken as a square block, at most one row per kept token).
+    Level 1 is encoded whole; each finer level is entered with its average tile count
+    (capped by the level) while that count is positive and at most ``N_max``. The RFM
+    sees thumbnail + the level's (pooled) tile tokens + row ends at every level
+    reached; the LLM sees thumbnail + the top-alpha tokens of the last level + row
+    ends. Row ends of selected tiles are an estimate (tiles taken as a square block,
+    at most one row per kept token).
     """
     if options.c2f_tiles is None:
         raise ValueError("c2f needs an average tile count per level (c2f_tiles) or a trace")
-    g, thumb = dims.tokens_per_side, dims.tokens_per_tile
-    levels = build_pyramid(
-        height, width, dims.tile_size, options.min_short_side, options.dip_rule
-    ).levels
-    tiles_per_level = max(0, round(options.c2f_tiles))
-    descends = 0 < tiles_per_level <= options.max_tiles
-    reached = levels if descends else levels[:1]
-    tiles = [levels[0].num_tiles] + [min(tiles_per_level, lv.num_tiles) for lv in reached[1:]]
-    rows = [levels[0].grid[0]] + [
-        _block_rows(t, lv) for t, lv in zip(tiles[1:], reached[1:], strict=True)
-    ]
-    newline = dims.image_newline
-    rfm = tuple(
-        thumb + t * thumb + (r * g if newline else 0) for t, r in zip(tiles, rows, strict=True)
-    )
-    kept = _retained(options.alpha, tiles[-1] * thumb)
-    llm = thumb + kept + (min(kept, rows[-1] * g) if newline else 0)
-    return TokenCount("c2f", thumb + sum(tiles) * thumb, _llm(dims, llm), rfm)
+    g, thumb, tile = dims.hr_tokens_per_side, dims.tokens_per_tile, dims.hr_tokens_per_tile
+    levels = _levels(dims, height, width, options)
+    tiles, rows = [levels[0].num_tiles], [levels[0].grid[0]]
+    for depth, level in enumerate(levels[1:]):
+        wanted = (
+            options.c2f_tiles[min(depth, len(options.c2f_tiles) - 1)] if options.c2f_tiles else 0
+        )
+        count = round(wanted)
+        if not 0 < count <= options.max_tiles:
+            break
+        tiles.append(min(count, level.num_tiles))
+        rows.append(_block_rows(tiles[-1], level))
+    rfm = tuple(thumb + t * tile + dims.newlines(r * g) for t, r in zip(tiles, rows, strict=True))
+    kept = _retained(options.alpha, tiles[-1] * tile)
+    llm = thumb + kept + min(kept, dims.newlines(rows[-1] * g))
+    return TokenCount("c2f", (1 + sum(tiles)) * thumb, _llm(dims, llm), rfm)
 
 
 def c2f_nodip_count(dims: ModelDims, height: int, width: int, options: CountOptions) -> TokenCount:
-    """RFM pruning on one anyres grid of at most ``N_max`` tiles (no pyramid)."""
-    geometry = _anyres(dims, height, width, options.max_tiles)
-    g, thumb = dims.tokens_per_side, dims.tokens_per_tile
-    rows = geometry.grid[0] * g if dims.image_newline else 0
-    rfm = thumb + geometry.num_tiles * thumb + rows
-    kept = _retained(options.alpha, geometry.num_tiles * thumb)
+    """RFM pruning on the anyres grid of the other reduction rows (no pyramid)."""
+    geometry = _anyres(dims, height, width, options.reduction_grid_tiles)
+    thumb, tile = dims.tokens_per_tile, dims.hr_tokens_per_tile
+    rows = dims.newlines(geometry.grid[0] * dims.hr_tokens_per_side)
+    rfm = thumb + geometry.num_tiles * tile + rows
+    kept = _retained(options.alpha, geometry.num_tiles * tile)
     llm = thumb + kept + min(kept, rows)
-    return TokenCount("c2f-nodip", thumb + geometry.num_tiles * thumb, _llm(dims, llm), (rfm,))
+    return TokenCount("c2f-nodip", (1 + geometry.num_tiles) * thumb, _llm(dims, llm), (rfm,))
 
 
 def count_strategy(
@@ -332,6 +393,7 @@ def count_strategy(
     if name.startswith("anyres-p") and name[len("anyres-p") :].isdigit():
         return anyres_count(dims, height, width, int(name[len("anyres-p") :]))
     counters = {
+        "fullres": fullres_count,
         "visionzip": visionzip_count,
         "prumerge++": prumerge_count,
         "c2f": c2f_count,
@@ -345,8 +407,8 @@ def count_strategy(
     raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}")
 
 
-def c2f_tiles_from_trace(lines: Iterable[str]) -> float:
-    """Mean tiles coarse-to-fine encoded per level below the first, from eval records.
+def c2f_tiles_from_trace(lines: Iterable[str]) -> tuple[float, ...]:
+    """Mean tiles coarse-to-fine encoded at each level below the first, from eval records.
 
     Args:
         lines: JSON Lines of ``lrsvqa eval`` answers whose ``trace`` has
@@ -354,13 +416,13 @@ def c2f_tiles_from_trace(lines: Iterable[str]) -> float:
             strategies write it).
 
     Returns:
-        The mean over every descended level of every record; 0.0 when no record
-        descended (c2f then stops at level 1).
+        Per finer level, the mean over the records that reached it; ``(0.0,)`` when no
+        record descended (c2f then stops at level 1).
 
     Raises:
         ValueError: No record carries a c2f trace.
     """
-    per_level: list[int] = []
+    per_level: list[list[int]] = []
     records = 0
     for line in lines:
         if not line.strip():
@@ -369,10 +431,13 @@ def c2f_tiles_from_trace(lines: Iterable[str]) -> float:
         if not isinstance(tiles, list) or not tiles:
             continue
         records += 1
-        per_level.extend(int(count) for count in tiles[1:])
+        for depth, count in enumerate(tiles[1:]):
+            if depth == len(per_level):
+                per_level.append([])
+            per_level[depth].append(int(count))
     if not records:
         raise ValueError("no record with a coarse-to-fine trace (trace.tiles_per_level)")
-    return sum(per_level) / len(per_level) if per_level else 0.0
+    return tuple(sum(c) / len(c) for c in per_level) if per_level else (0.0,)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -398,7 +463,7 @@ def flops_table(
             {
                 "strategy": name,
                 "vision_tokens_encoded": count.vision_tokens_encoded,
-                "tokens_to_llm": count.tokens_to_llm,
+                "vision_tokens_to_llm": count.tokens_to_llm,
                 "tflops": count.tflops(dims),
             }
         )
