@@ -57,8 +57,8 @@ def test_scenes_vary_in_categories_colours_and_places() -> None:
 def test_labels_describe_what_is_drawn(spec: SceneSpec) -> None:
     scene = generate_scene(spec)
     for shape, obj in zip(scene.shapes, scene.objects, strict=True):
-        assert obj.shape in {s.name for s in CATEGORIES[obj.category].shapes}
-        assert obj.color in COLORS
+        assert obj.shape == shape.shape in {s.name for s in CATEGORIES[obj.category].shapes}
+        assert obj.color == shape.color in COLORS
         assert obj.attributes.get("setting", "urban") in ("urban", "rural")
         # Each object stands inside the rim of a facility of its category, whose
         # surface is the label's background.
