@@ -480,7 +480,15 @@ def generate_questions(
     rng = random.Random(seed)
     category_refs = [
         *find_unique_references(objects, margins=margins),
-        *find_unique_references(objects, margins=margins, group=setting_group(objects)),
+        # "the only ship in the harbour" would be "the only ship" with more words: a
+        # setting-qualified reference picks one of several objects in its setting.
+        *(
+            ref
+            for ref in find_unique_references(
+                objects, margins=margins, group=setting_group(objects)
+            )
+            if ref.kinds != ("only",)
+        ),
     ]
     type_refs = [
         *find_unique_references(objects, margins=margins, group=lambda _: "object"),
