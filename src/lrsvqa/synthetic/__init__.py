@@ -3,8 +3,9 @@
 Scenes up to 32,768 px per side of farmland, water, towns and highways, with facilities
 (harbours, airfields, parking lots, tank farms, walled compounds) whose kind shows at
 coarse scale, holding small objects (ships, planes, vehicles, storage tanks, buildings)
-whose colour, shape and count can only be read at full resolution. Pixels are rendered on demand, window by
-window, from a seed; scenes are written as pyramidal TIFFs with JSON labels.
+whose colour, shape and count can only be read at full resolution. Pixels are rendered
+on demand, window by window, from a seed; scenes are written as pyramidal TIFFs with
+JSON labels.
 """
 
 from lrsvqa.synthetic.facilities import FACILITY_KINDS, Facility, FacilityKind
