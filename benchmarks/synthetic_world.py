@@ -31,6 +31,7 @@ from rich.table import Table
 
 from lrsvqa.bench.labels import LabeledObject
 from lrsvqa.bench.runner import EvalConfig, evaluate
+from lrsvqa.bench.scoring import RULES
 from lrsvqa.bench.templates import generate_questions, write_lrsvqa_jsonl
 from lrsvqa.synthetic.default_model import build_default_model, default_home
 from lrsvqa.synthetic.world import generate_world
@@ -228,14 +229,16 @@ def print_kind_table(console: Console, kinds: dict[str, dict], title: str) -> No
 
 
 def print_table(console: Console, reports: dict, title: str) -> None:
-    """One row per strategy: accuracy by category, OA/AA, costs, localisation recall."""
+    """One row per strategy: accuracy by category, OA/AA (paper rule, then normalised), costs."""
     table = Table(title=title)
     categories = sorted({c for r in reports.values() for c in r["groups"]["SYN"]["categories"]})
     for column in (
         "strategy",
         *categories,
-        "OA",
-        "AA",
+        "OA paper",
+        "AA paper",
+        "OA norm.",
+        "AA norm.",
         "errors",
         "vision tok.",
         "LLM tok.",
@@ -251,8 +254,11 @@ def print_table(console: Console, reports: dict, title: str) -> None:
         table.add_row(
             label,
             *(f"{100 * cats[c]['accuracy']:.1f}" if c in cats else "-" for c in categories),
-            f"{100 * group['overall_accuracy']:.1f}",
-            f"{100 * group['average_accuracy']:.1f}",
+            *(
+                f"{100 * group['by_rule'][rule][key]:.1f}"
+                for rule in RULES
+                for key in ("overall_accuracy", "average_accuracy")
+            ),
             str(group["errors"]),
             f"{cost.get('vision_tokens_encoded', 0):.0f}",
             f"{cost.get('tokens_to_llm', 0):.0f}",
