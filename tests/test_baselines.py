@@ -316,7 +316,7 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
         "c2f-nodip": {"grid_tiles": 4},
     }
     adapter = shared_adapter(model_dir)
-    counts = CountOptions(visionzip_retained=16, max_tiles=4)
+    counts = CountOptions(visionzip_retained=16)
     for name in STRATEGY_NAMES:
         strategy = build_strategy(
             name, model_path=str(model_dir), max_new_tokens=3, **options.get(name, {})
@@ -330,7 +330,8 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
             assert result.selected_boxes and result.trace["tiles_per_level"]
             assert summarize_trace(result.trace) == result.trace
             if name == "c2f-nodip":  # one 2 x 2 grid: thumbnail + 4 tiles + 16 newlines
-                expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, counts)
+                nodip = CountOptions(reduction_grid_tiles=4)  # its grid_tiles
+                expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, nodip)
                 assert result.trace["rfm_vision_tokens"] == [64 + 4 * 64 + 16]
                 assert list(expected.rfm_vision_tokens) == result.trace["rfm_vision_tokens"]
                 assert 64 + 64 < result.vision_tokens_to_llm <= 64 + 64 + 16
