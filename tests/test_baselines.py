@@ -362,7 +362,7 @@ def test_deep_c2f_trace_survives_the_answers_file():
     trace = CoarseToFineStrategy.trace(result, count)
     assert summarize_trace(trace) == trace  # nothing summarised away by the runner
     record = json.dumps({"trace": summarize_trace(trace)})
-    assert c2f_tiles_from_trace([record]) == 80
+    assert c2f_tiles_from_trace([record]) == (80.0,) * 5  # per level below the first
 
 
 def test_reduction_baselines_keep_their_budget(model_dir, image_path):
