@@ -174,7 +174,7 @@ def test_run_answers_everything_and_records_bad_items(tmp_path):
     assert report.groups["all"].overall_accuracy == pytest.approx(17 / 21)
     assert report.localisation.accuracy == 1.0
     assert json.loads(output.with_suffix(".report.json").read_text())["errors"] == 4
-    assert "| OA |" in output.with_suffix(".report.md").read_text()
+    assert "| OA (paper rule) |" in output.with_suffix(".report.md").read_text()
 
 
 def test_rerun_resumes_and_retry_errors_answers_failed_items_again(tmp_path):

@@ -11,8 +11,8 @@ from lrsvqa.bench.reports import build_report, report_to_markdown, score_answers
 from lrsvqa.bench.scoring import (
     extract_choice,
     hbox_covered,
+    is_correct,
     normalize_answer,
-    open_ended_correct,
     score_record,
 )
 from lrsvqa.bench.wordnet import (
@@ -20,8 +20,11 @@ from lrsvqa.bench.wordnet import (
     find_wordnet_dir,
     load_wordnet,
     max_path_similarity,
+    wordnet,
 )
 from lrsvqa.cli import app
+
+REAL_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "LRS_VQA_merged.jsonl"
 
 
 def test_wordnet_is_installed_offline_and_is_wordnet_3_0():
@@ -34,7 +37,8 @@ def test_wordnet_is_installed_offline_and_is_wordnet_3_0():
 
 def test_wordnet_similarity_is_the_max_over_synset_pairs():
     assert max_path_similarity("car", "automobile") == 1.0
-    assert max_path_similarity("parking lot", "parking area") == 1.0
+    assert max_path_similarity("parking_lot", "parking_area") == 1.0
+    assert max_path_similarity("parking lot", "parking area") == 0.0  # as given: no synsets
     assert max_path_similarity("ship", "boat") == pytest.approx(1 / 3)
     assert max_path_similarity("yes", "no") < 0.8
     assert max_path_similarity("qwzx", "car") == 0.0
@@ -46,6 +50,166 @@ def test_missing_wordnet_fails_with_an_install_hint(tmp_path, monkeypatch):
         find_wordnet_dir()
 
 
+def _official_script(ground_truth: str, text: str) -> bool:
+    """The rule of VisionXLab/LRS-VQA ``Script/evaluation_LRSVQA.py``, restated for the test.
+
+    gt and answer are only lower-cased; equal strings are right; otherwise right when
+    a synset pair of the two raw strings has a path similarity (not None) above 0.8.
+    """
+    reader = wordnet()
+    truth, answer = ground_truth.lower(), text.lower()
+    if truth == answer:
+        return True
+    for first in reader.synsets(truth):
+        for second in reader.synsets(answer):
+            similarity = first.path_similarity(second)
+            if similarity is not None and similarity > 0.8:
+                return True
+    return False
+
+
+# Ground truths of the LRS-VQA kinds, each with answers a model might write.
+_PAIRS_BY_KIND = {
+    "colour": (
+        ["white", "grey", "gray", "dark blue", "red", "green", "blue", "black", "light gray"],
+        [
+            "White",
+            "white ",
+            "white.",
+            "Gray",
+            "grey",
+            "navy",
+            "dark-blue",
+            "dark_blue",
+            "Dark Blue",
+            "blue",
+            "red",
+            "crimson",
+            "green",
+            "greenish",
+            "black",
+            "silver",
+        ],
+    ),
+    "count": (
+        ["1", "2", "3", "4", "10", "12", "25"],
+        [
+            "1",
+            "one",
+            "One",
+            "2",
+            "two",
+            "3",
+            "three",
+            " 3",
+            "3.",
+            "4",
+            "four",
+            "10",
+            "ten",
+            "twelve",
+            "twenty-five",
+            "25",
+            "There are 3.",
+            "3 ships",
+        ],
+    ),
+    "category": (
+        ["ship", "car", "plane", "harbor", "parking lot", "storage tank", "bridge", "tennis court"],
+        [
+            "ship",
+            "Ship",
+            "ships",
+            "boat",
+            "vessel",
+            "car",
+            "automobile",
+            "cars",
+            "airplane",
+            "aeroplane",
+            "plane",
+            "harbour",
+            "harbor",
+            "car park",
+            "parking lot",
+            "parking_lot",
+            "tank",
+            "storage tank",
+            "bridge",
+            "Bridge.",
+            "tennis court",
+            "court",
+        ],
+    ),
+    "yes/no": (
+        ["yes", "no"],
+        [
+            "yes",
+            "Yes",
+            "YES",
+            "yes.",
+            "Yes, it is.",
+            " yes",
+            "yes\n",
+            "no",
+            "No",
+            "no.",
+            "nope",
+            "yeah",
+            "true",
+            "false",
+            "",
+        ],
+    ),
+    "shape/status/place": (
+        ["rectangular", "circular", "round", "moving", "stationary", "urban", "rural"],
+        [
+            "rectangle",
+            "rectangular",
+            "circle",
+            "circular",
+            "round",
+            "Round",
+            "moving",
+            "stationary",
+            "static",
+            "parked",
+            "urban",
+            "Urban.",
+            "rural",
+            "countryside",
+            "city",
+        ],
+    ),
+}
+_PAIRS = [
+    (answer, truth)
+    for truths, answers in _PAIRS_BY_KIND.values()
+    for truth in truths
+    for answer in answers
+]
+
+
+def test_paper_rule_agrees_with_the_official_script_on_every_pair():
+    assert len(_PAIRS) > 400
+    verdicts = [is_correct(answer, truth, rule="paper") for answer, truth in _PAIRS]
+    assert verdicts == [_official_script(truth, answer) for answer, truth in _PAIRS]
+    # Not a trivial agreement: both outcomes occur, and both rules disagree somewhere.
+    assert 0 < sum(verdicts) < len(verdicts)
+    normalised = [is_correct(answer, truth, rule="normalised") for answer, truth in _PAIRS]
+    assert normalised != verdicts
+
+
+@pytest.mark.skipif(not REAL_QUESTIONS.is_file(), reason="LRS-VQA questions not in ../shared")
+def test_paper_rule_agrees_with_the_official_script_on_real_ground_truths():
+    truths = sorted({json.loads(line)["ground_truth"] for line in REAL_QUESTIONS.open()})
+    answers = ["yes", "No", "2", "two", "white", "Gray", "dark blue", "ship", "car park", "3."]
+    pairs = [(answer, truth) for truth in truths[:60] for answer in answers]
+    assert [is_correct(a, t, rule="paper") for a, t in pairs] == [
+        _official_script(t, a) for a, t in pairs
+    ]
+
+
 @pytest.mark.parametrize(
     ("answer", "truth"),
     [
@@ -54,12 +218,12 @@ def test_missing_wordnet_fails_with_an_install_hint(tmp_path, monkeypatch):
         ("trees", "tree"),  # WordNet lemmatises plurals
         ("circular", "round"),
         ("urban", "urban"),
-        ("parking lot", "parking area"),
+        ("Parking lot", "parking lot"),  # equal once lower-cased
         ("three", "3"),  # WordNet's synset for 3 lists the word too
     ],
 )
-def test_strict_rule_accepts_case_and_wordnet_synonyms(answer, truth):
-    assert open_ended_correct(answer, truth, strict=True)
+def test_paper_rule_accepts_case_and_wordnet_synonyms(answer, truth):
+    assert is_correct(answer, truth, rule="paper")
 
 
 @pytest.mark.parametrize(
@@ -75,8 +239,8 @@ def test_strict_rule_accepts_case_and_wordnet_synonyms(answer, truth):
     ],
 )
 def test_both_rules_reject_different_answers(answer, truth):
-    assert not open_ended_correct(answer, truth, strict=True)
-    assert not open_ended_correct(answer, truth)
+    assert not is_correct(answer, truth, rule="paper")
+    assert not is_correct(answer, truth, rule="normalised")
 
 
 @pytest.mark.parametrize(
@@ -91,11 +255,17 @@ def test_both_rules_reject_different_answers(answer, truth):
         ("Answer: an airport", "airport"),
         ("light-blue", "light blue"),
         ("Gray.", "grey"),
+        (" yes", "yes"),  # the paper's rule does not strip
+        ("yes ", "yes"),
+        ("navy", "dark blue"),  # "dark_blue" has synsets, "dark blue" has none
+        ("car park", "parking lot"),
+        ("parking_lot", "parking lot"),
     ],
 )
-def test_normalised_rule_forgives_wording_but_strict_rule_does_not(answer, truth):
-    assert open_ended_correct(answer, truth)
-    assert not open_ended_correct(answer, truth, strict=True)
+def test_normalised_rule_accepts_what_the_paper_rule_does_not(answer, truth):
+    assert is_correct(answer, truth)
+    assert is_correct(answer, truth, rule="normalised")
+    assert not is_correct(answer, truth, rule="paper")
 
 
 @pytest.mark.parametrize(
@@ -107,7 +277,12 @@ def test_normalised_rule_forgives_wording_but_strict_rule_does_not(answer, truth
     ],
 )
 def test_normalised_rule_does_not_pick_from_hedged_answers(answer, truth):
-    assert not open_ended_correct(answer, truth)
+    assert not is_correct(answer, truth)
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown scoring rule"):
+        is_correct("yes", "yes", rule="strict")
 
 
 def test_normalisation_rules():
@@ -213,7 +388,8 @@ def test_report_has_per_subset_and_category_accuracy_oa_aa_and_recall():
     assert as_json["localisation_recall"]["recall"] == pytest.approx(1 / 3)
     markdown = report_to_markdown(report)
     assert "| accuracy (%) | FAIR | STAR | all |" in markdown
-    assert "| OA | 66.67 | 50.00 | 60.00 |" in markdown
+    assert "| OA (paper rule) | 66.67 | 50.00 | 60.00 |" in markdown
+    assert markdown.index("OA (paper rule)") < markdown.index("OA (normalised rule)")
     assert "| object color | - | 50.00 | 50.00 |" in markdown
     assert "localisation recall: 33.33% (1/3)" in markdown
 
@@ -285,10 +461,15 @@ def test_score_command_joins_a_question_file_and_writes_reports(tmp_path):
     assert result.exit_code == 0, result.output
     assert "OA" in result.output
     assert json.loads(out_json.read_text())["groups"]["STAR"]["overall_accuracy"] == 1.0
-    assert "| OA | 100.00 |" in out_md.read_text()
-    strict = CliRunner().invoke(app, [*args, "--strict", "--json", str(out_json)])
-    assert strict.exit_code == 0, strict.output
-    assert json.loads(out_json.read_text())["groups"]["STAR"]["overall_accuracy"] == 0.0
+    markdown = out_md.read_text()
+    assert "| OA (normalised rule) | 100.00 |" in markdown
+    assert "| OA (paper rule) | 0.00 |" in markdown  # "Gray." and "There are three." fail
+    both = json.loads(out_json.read_text())["groups"]["STAR"]["by_rule"]
+    assert both["paper"]["overall_accuracy"] == 0 and both["normalised"]["average_accuracy"] == 1
+    paper = CliRunner().invoke(app, [*args, "--rule", "paper", "--json", str(out_json)])
+    assert paper.exit_code == 0, paper.output
+    report = json.loads(out_json.read_text())
+    assert report["rule"] == "paper" and report["groups"]["STAR"]["overall_accuracy"] == 0
 
 
 def test_score_command_reads_mme_realworld_json_answer_lists(tmp_path):

@@ -172,6 +172,17 @@ def test_sampler_keeps_target_tokens(built, home):
     reader.close()
 
 
+def _touching(level, tiles, target) -> np.ndarray:
+    """(tiles, 64) tokens of 8 x 8 per tile whose image box overlaps ``target``."""
+    out = np.zeros((len(tiles), 64), dtype=bool)
+    for n, (row, col) in enumerate(tiles):
+        for cell in range(64):
+            r, c = row * 8 + cell // 8, col * 8 + cell % 8
+            x0, y0, x1, y1 = level.token_image_box(r, c, 8)
+            out[n, cell] = x0 < target[2] and target[0] < x1 and y0 < target[3] and target[1] < y1
+    return out
+
+
 def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
     """search_share=1: up to 3 x 3 neighbouring tiles around the target, its tokens marked."""
     from lrsvqa.bench.templates import generate_questions
@@ -205,21 +216,19 @@ def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
         # A full rectangle of neighbouring tiles, 3 wide where the level allows.
         assert len(tiles) == len(rows) * len(cols) >= 4
         assert max(rows) - min(rows) == len(rows) - 1 and max(cols) - min(cols) == len(cols) - 1
-        level = next(
+        flags = example.visual.target_tokens.reshape(len(tiles), 64)
+
+        # Several levels may hold these tile indices; the marks fit exactly one of them.
+        candidates = [
             lv
             for lv in levels
             if lv.num_tiles >= 4
             and set(tiles) <= set(lv.tiles())
             and set(lv.tiles_covering(target)) & set(tiles)
-        )
-        seen_levels.add(level.index)
-        flags = example.visual.target_tokens.reshape(len(tiles), 64)
-        for n, (row, col) in enumerate(tiles):
-            for cell in range(64):
-                r, c = row * 8 + cell // 8, col * 8 + cell % 8
-                x0, y0, x1, y1 = level.token_image_box(r, c, 8)
-                touches = x0 < target[2] and target[0] < x1 and y0 < target[3] and target[1] < y1
-                assert flags[n, cell] == touches
+        ]
+        matching = [lv for lv in candidates if np.array_equal(_touching(lv, tiles, target), flags)]
+        assert matching, "target marks fit no level's token geometry"
+        seen_levels.add(matching[0].index)
         assert flags.any() and not flags.all(axis=1).all()
         assert example.visual.keep[example.visual.target_tokens].all()
     assert len(seen_levels) == sum(lv.num_tiles >= 4 for lv in levels)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
+
+from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
+
+# ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
+ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
+DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
 
 app = typer.Typer(
     name="lrsvqa",
@@ -126,7 +133,10 @@ def eval_command(
     world_size: int | None = typer.Option(None, min=1, help="Manual sharding: number of shards."),
     retry_errors: bool = typer.Option(False, help="Answer again the items recorded with an error."),
     score: bool = typer.Option(True, help="Score the answers when done."),
-    strict: bool = typer.Option(False, help="Paper's exact open-ended rule, no normalisation."),
+    rule: ScoringRule = typer.Option(
+        DEFAULT_SCORING_RULE,
+        help="Open-ended rule of the per-category rows (OA/AA under both).",
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar with ETA."),
 ) -> None:
     """Answer a benchmark with a strategy, resumably; merge shards and score.
@@ -164,7 +174,7 @@ def eval_command(
         retry_errors=retry_errors,
         progress=progress,
         score=score,
-        strict=strict,
+        rule=rule.value,
     )
     outcome = evaluate(config)
     console = Console()
@@ -192,7 +202,10 @@ def score(
     questions: Path | None = typer.Option(
         None, help="Question file to join by question_id (.jsonl LRS-VQA, .json MME-RealWorld)."
     ),
-    strict: bool = typer.Option(False, help="Paper's exact open-ended rule, no normalisation."),
+    rule: ScoringRule = typer.Option(
+        DEFAULT_SCORING_RULE,
+        help="Open-ended rule of the per-category rows (OA/AA under both).",
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
     markdown: Path | None = typer.Option(None, help="Also write the report as Markdown."),
 ) -> None:
@@ -211,7 +224,7 @@ def score(
     if questions is not None:
         bench = "mme-rs" if questions.suffix.lower() == ".json" else "lrs-vqa"
         items = load_benchmark(bench, questions)
-    report = score_answers(read_any_answers(answers), items, strict=strict)
+    report = score_answers(read_any_answers(answers), items, rule=rule.value)
     print_report(report)
     write_report(report, json_path, markdown)
 

@@ -4,6 +4,9 @@
   items, in the ``all`` column when there is more than one subset).
 * **AA** (average accuracy): the mean of the per-category accuracies, so rare
   question types weigh as much as frequent ones.
+* OA and AA are given under both open-ended scoring rules
+  (:data:`lrsvqa.bench.scoring.RULES`), the paper's rule first: quote that one beside
+  the paper's numbers. The per-category rows use the report's chosen rule.
 * Errored items (missing image, model failure) count as wrong answers and are
   also counted separately.
 * **Localisation recall**, reported when the strategy returned selected boxes for
@@ -29,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lrsvqa.bench.datasets import BenchItem
-from lrsvqa.bench.scoring import ScoredItem, score_record
+from lrsvqa.bench.scoring import DEFAULT_RULE, RULES, ScoredItem, score_record
 
 ALL = "all"
 COST_FIELDS = (
@@ -64,11 +67,13 @@ class GroupReport:
     """Accuracy of one subset (or of all items).
 
     Attributes:
-        categories: Tally per question category.
+        categories: Tally per question category, under the report's rule.
+        by_rule: Tally per question category under each scoring rule.
         errors: Items recorded with an error.
     """
 
     categories: dict[str, Tally] = field(default_factory=dict)
+    by_rule: dict[str, dict[str, Tally]] = field(default_factory=dict)
     errors: int = 0
 
     @property
@@ -78,20 +83,37 @@ class GroupReport:
 
     @property
     def overall_accuracy(self) -> float:
-        """OA: correct / items."""
-        items = self.items
-        return sum(t.correct for t in self.categories.values()) / items if items else 0.0
+        """OA under the report's rule: correct / items."""
+        return _overall(self.categories)
 
     @property
     def average_accuracy(self) -> float:
-        """AA: mean of the per-category accuracies."""
-        tallies = list(self.categories.values())
-        return sum(t.accuracy for t in tallies) / len(tallies) if tallies else 0.0
+        """AA under the report's rule: mean of the per-category accuracies."""
+        return _average(self.categories)
+
+    def accuracies(self, rule: str) -> tuple[float, float]:
+        """``(OA, AA)`` under ``rule``."""
+        categories = self.by_rule.get(rule, {})
+        return _overall(categories), _average(categories)
 
     def add(self, item: ScoredItem) -> None:
         """Count one scored item."""
         self.categories.setdefault(item.category, Tally()).add(item.correct)
+        for rule, correct in item.by_rule.items():
+            self.by_rule.setdefault(rule, {}).setdefault(item.category, Tally()).add(correct)
         self.errors += item.error is not None
+
+
+def _overall(categories: Mapping[str, Tally]) -> float:
+    """OA of per-category tallies."""
+    items = sum(t.total for t in categories.values())
+    return sum(t.correct for t in categories.values()) / items if items else 0.0
+
+
+def _average(categories: Mapping[str, Tally]) -> float:
+    """AA of per-category tallies."""
+    tallies = list(categories.values())
+    return sum(t.accuracy for t in tallies) / len(tallies) if tallies else 0.0
 
 
 @dataclass
@@ -103,7 +125,7 @@ class Report:
             there are several subsets.
         localisation: Localisation recall tally, or ``None`` when no box was selected.
         cost: Mean cost per answered item for each field of :data:`COST_FIELDS` present.
-        strict: Whether open-ended answers were scored with the paper's strict rule.
+        rule: The open-ended scoring rule of the per-category numbers.
         errors: Errored items over all subsets.
         missing: Questions of the question file with no answer in the answer file.
     """
@@ -111,7 +133,7 @@ class Report:
     groups: dict[str, GroupReport]
     localisation: Tally | None
     cost: dict[str, float]
-    strict: bool
+    rule: str = DEFAULT_RULE
     errors: int = 0
     missing: int = 0
 
@@ -123,6 +145,16 @@ class Report:
                 "errors": group.errors,
                 "overall_accuracy": group.overall_accuracy,
                 "average_accuracy": group.average_accuracy,
+                "by_rule": {
+                    rule: dict(
+                        zip(
+                            ("overall_accuracy", "average_accuracy"),
+                            group.accuracies(rule),
+                            strict=True,
+                        )
+                    )
+                    for rule in RULES
+                },
                 "categories": {
                     category: {"correct": t.correct, "total": t.total, "accuracy": t.accuracy}
                     for category, t in sorted(group.categories.items())
@@ -138,7 +170,7 @@ class Report:
                 "recall": self.localisation.accuracy,
             }
         return {
-            "strict": self.strict,
+            "rule": self.rule,
             "errors": self.errors,
             "missing": self.missing,
             "groups": groups,
@@ -151,7 +183,7 @@ def build_report(
     scored: Iterable[ScoredItem],
     records: Iterable[Mapping[str, Any]] = (),
     *,
-    strict: bool = False,
+    rule: str = DEFAULT_RULE,
     missing: int = 0,
 ) -> Report:
     """Aggregate scored items (and their raw records, for cost) into a report."""
@@ -174,7 +206,7 @@ def build_report(
         groups=groups,
         localisation=localisation,
         cost=_mean_cost(records),
-        strict=strict,
+        rule=rule,
         errors=sum(item.error is not None for item in scored),
         missing=missing,
     )
@@ -184,7 +216,7 @@ def score_answers(
     records: Iterable[Mapping[str, Any]],
     items: Iterable[BenchItem] | None = None,
     *,
-    strict: bool = False,
+    rule: str = DEFAULT_RULE,
 ) -> Report:
     """Score answer records (one per question) into a report.
 
@@ -192,7 +224,7 @@ def score_answers(
         records: Answer-file records (see :func:`lrsvqa.bench.scoring.score_record`).
         items: Benchmark items to join by ``question_id``; when given, records of other
             questions are ignored and unanswered items are counted as ``missing``.
-        strict: Use the paper's strict open-ended rule.
+        rule: Open-ended rule of the per-category numbers (OA/AA come under every rule).
     """
     by_id = None if items is None else {item.question_id: item for item in items}
     scored: list[ScoredItem] = []
@@ -201,10 +233,10 @@ def score_answers(
         item = None if by_id is None else by_id.get(str(record["question_id"]))
         if by_id is not None and item is None:
             continue
-        scored.append(score_record(record, item, strict=strict))
+        scored.append(score_record(record, item, rule=rule))
         used.append(record)
     missing = 0 if by_id is None else len(by_id) - len(scored)
-    return build_report(scored, used, strict=strict, missing=missing)
+    return build_report(scored, used, rule=rule, missing=missing)
 
 
 def report_paths(answers: Path) -> tuple[Path, Path]:
@@ -237,7 +269,7 @@ def _mean_cost(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def _rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Table header and rows: categories, then OA, AA, items and errors, per group."""
+    """Table header and rows: categories, OA/AA under each rule, items, errors, per group."""
     names = list(report.groups)
     categories = sorted({c for g in report.groups.values() for c in g.categories})
     rows = []
@@ -247,8 +279,10 @@ def _rows(report: Report) -> tuple[list[str], list[list[str]]]:
             tally = report.groups[name].categories.get(category)
             cells.append(f"{100 * tally.accuracy:.2f}" if tally else "-")
         rows.append([category, *cells])
-    rows.append(["OA", *(f"{100 * report.groups[n].overall_accuracy:.2f}" for n in names)])
-    rows.append(["AA", *(f"{100 * report.groups[n].average_accuracy:.2f}" for n in names)])
+    for rule in RULES:
+        scores = [report.groups[n].accuracies(rule) for n in names]
+        rows.append([f"OA ({rule} rule)", *(f"{100 * oa:.2f}" for oa, _ in scores)])
+        rows.append([f"AA ({rule} rule)", *(f"{100 * aa:.2f}" for _, aa in scores)])
     rows.append(["items", *(str(report.groups[n].items) for n in names)])
     rows.append(["errors", *(str(report.groups[n].errors) for n in names)])
     return ["accuracy (%)", *names], rows
@@ -256,7 +290,9 @@ def _rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def _footer(report: Report) -> list[str]:
     """Lines below the table: rule, localisation recall, cost, missing answers."""
-    lines = [f"scoring: {'strict (paper rule)' if report.strict else 'normalised'}"]
+    lines = [
+        f"categories scored with the {report.rule} rule; quote the paper rule beside the paper"
+    ]
     if report.localisation is not None:
         loc = report.localisation
         lines.append(f"localisation recall: {100 * loc.accuracy:.2f}% ({loc.correct}/{loc.total})")

@@ -51,6 +51,7 @@ from lrsvqa.bench.answers import (
 )
 from lrsvqa.bench.datasets import BenchItem, load_benchmark, resolve_image
 from lrsvqa.bench.reports import Report, report_paths, score_answers, write_report
+from lrsvqa.bench.scoring import DEFAULT_RULE
 from lrsvqa.pruning.base import Strategy, StrategyResult
 from lrsvqa.pruning.registry import build_strategy
 
@@ -273,7 +274,7 @@ class EvalConfig:
         retry_errors: Retry items recorded with an error.
         progress: Show a progress bar.
         score: Merge (when launched) and score once all items are answered.
-        strict: Score open-ended answers with the paper's strict rule.
+        rule: Open-ended rule of the per-category numbers (OA/AA come under both).
     """
 
     bench: str
@@ -290,7 +291,7 @@ class EvalConfig:
     retry_errors: bool = False
     progress: bool = True
     score: bool = True
-    strict: bool = False
+    rule: str = DEFAULT_RULE
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,6 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
         merge_answer_files(shards, config.output)
     report = None
     if config.score:
-        report = score_answers(read_answers(config.output), items, strict=config.strict)
+        report = score_answers(read_answers(config.output), items, rule=config.rule)
         write_report(report, *report_paths(config.output))
     return EvalOutcome(run=run, answers=Path(config.output), report=report)

@@ -1,15 +1,22 @@
 """Answer scoring: open-ended (WordNet), multiple choice (option letter), localisation.
 
-Open-ended answers (LRS-VQA, synthetic) follow the paper: an answer is correct when
-it equals the ground truth after lower-casing, or when the WordNet similarity of
-the two (largest path similarity over all synset pairs,
-:func:`lrsvqa.bench.wordnet.max_path_similarity`) exceeds 0.8.
+Open-ended answers (LRS-VQA, synthetic) are scored under one of two rules
+(:data:`RULES`); reports show OA/AA under both, the paper's first.
 
-* **strict** mode is exactly that rule, on the answer and the ground truth with
-  only lower-casing and removal of surrounding whitespace.
-* the default **normalised** mode first rewrites both strings, because free-form
-  model output ("Yes, it is.", "There are three ships.") would otherwise be marked
-  wrong for its wording rather than its content. Rules, in order:
+* ``rule="paper"`` is the official script's rule to the letter
+  (``Script/evaluation_LRSVQA.py`` of VisionXLab/LRS-VQA): both strings are only
+  lower-cased (no strip, nothing else); equal strings are correct; otherwise the
+  answer is correct when some pair of WordNet synsets of the two raw strings has a
+  path similarity above 0.8. A phrase with a space goes to WordNet as it is, so it
+  usually has no synsets (``"dark blue"``, ``"parking lot"``), and a trailing space
+  or full stop makes an answer wrong. Quote this rule beside the paper's numbers.
+* ``rule="normalised"`` (the default) first rewrites both strings, because
+  free-form model output ("Yes, it is.", "There are three ships.") would otherwise
+  be marked wrong for its wording rather than its content; multi-word phrases then
+  go to WordNet with ``_`` for spaces, WordNet's spelling of compounds. It accepts,
+  where the paper's rule does not, e.g. ``"Yes, it is."`` for ``yes``, ``"three
+  ships"`` for ``3``, ``"car park"`` for ``parking lot`` and ``"navy"`` for ``dark
+  blue`` (WordNet synonyms of the compound), ``" yes"`` for ``yes``. Rules, in order:
 
   1. Unicode NFKC, lower case, runs of whitespace collapsed.
   2. A leading ``answer:`` / ``the answer is`` is dropped.
@@ -24,7 +31,7 @@ the two (largest path similarity over all synset pairs,
      ``3 or 4`` keeps two numbers and stays wrong).
 
 Multiple-choice answers are reduced to an option letter by :func:`extract_choice`
-and compared with the ground-truth letter; ``strict`` does not apply to them.
+and compared with the ground-truth letter under both rules.
 
 Localisation: an item's object box (``hbox``) counts as found when its centre lies
 inside one of the boxes the strategy selected, or when at least half of its area is
@@ -38,7 +45,7 @@ import re
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lrsvqa.bench.datasets import (
@@ -53,6 +60,11 @@ from lrsvqa.bench.datasets import (
 
 SIMILARITY_THRESHOLD = 0.8
 COVERAGE_THRESHOLD = 0.5
+# Open-ended scoring rules, the paper's first (the order reports show them in).
+PAPER_RULE = "paper"
+NORMALISED_RULE = "normalised"
+RULES = (PAPER_RULE, NORMALISED_RULE)
+DEFAULT_RULE = NORMALISED_RULE
 
 _UNITS = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen "
@@ -105,25 +117,34 @@ def _focus(answer: str, ground_truth: str) -> str:
     return answer
 
 
-def open_ended_correct(answer: str, ground_truth: str, *, strict: bool = False) -> bool:
-    """Whether an open-ended answer matches the ground truth (module docstring rules).
+def is_correct(prediction: str, ground_truth: str, rule: str = DEFAULT_RULE) -> bool:
+    """Whether an open-ended answer matches the ground truth under ``rule``.
+
+    Args:
+        prediction: The model's answer as written.
+        ground_truth: The benchmark's answer.
+        rule: ``"paper"`` or ``"normalised"`` (module docstring).
 
     Raises:
+        ValueError: Unknown rule.
         lrsvqa.bench.wordnet.WordNetUnavailableError: The strings differ and WordNet
             is not installed.
     """
     from lrsvqa.bench.wordnet import max_path_similarity
 
-    if strict:
-        prediction, truth = answer.strip().lower(), ground_truth.strip().lower()
-    else:
-        truth = normalize_answer(ground_truth)
-        prediction = _focus(normalize_answer(answer), truth)
-    if not prediction:
+    if rule == PAPER_RULE:
+        answer, truth = prediction.lower(), ground_truth.lower()
+        return answer == truth or max_path_similarity(answer, truth) > SIMILARITY_THRESHOLD
+    if rule != NORMALISED_RULE:
+        raise ValueError(f"unknown scoring rule {rule!r}; known: {', '.join(RULES)}")
+    truth = normalize_answer(ground_truth)
+    answer = _focus(normalize_answer(prediction), truth)
+    if not answer:
         return False
-    if prediction == truth:
+    if answer == truth:
         return True
-    return max_path_similarity(prediction, truth) > SIMILARITY_THRESHOLD
+    compound = max_path_similarity(answer.replace(" ", "_"), truth.replace(" ", "_"))
+    return compound > SIMILARITY_THRESHOLD
 
 
 _WHOLE_LETTER = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
@@ -224,7 +245,9 @@ class ScoredItem:
         question_id: Item id.
         subset: Benchmark part, for per-subset accuracy.
         category: Question type, for per-category accuracy.
-        correct: Whether the answer is right (an errored item is wrong).
+        correct: Whether the answer is right under the report's rule (an errored
+            item is wrong).
+        by_rule: Whether it is right under each rule of :data:`RULES`.
         error: The item's recorded error, if any.
         localised: Whether the selected boxes found the item's object; ``None`` when
             the item has no box or errored.
@@ -235,6 +258,7 @@ class ScoredItem:
     subset: str
     category: str
     correct: bool
+    by_rule: Mapping[str, bool] = field(default_factory=dict)
     error: str | None = None
     localised: bool | None = None
     selected_boxes: bool = False
@@ -249,7 +273,7 @@ CHOICE_KEYS = ("choices", "Answer choices", "Answer Choices", "options")
 
 
 def score_record(
-    record: Mapping[str, Any], item: BenchItem | None = None, *, strict: bool = False
+    record: Mapping[str, Any], item: BenchItem | None = None, *, rule: str = DEFAULT_RULE
 ) -> ScoredItem:
     """Score one answer-file line.
 
@@ -260,22 +284,27 @@ def score_record(
             options (:data:`CHOICE_KEYS`) make it a multiple-choice item.
         item: The benchmark item, whose ground truth, category, subset, options and
             box take precedence over the record's.
-        strict: Use the paper's rule without normalisation (open-ended items).
+        rule: The rule of ``correct`` (open-ended items); ``by_rule`` has every rule.
 
     Raises:
         KeyError: No prediction, or no ground truth and no ``item``.
+        ValueError: Unknown rule.
     """
     question_id = str(record["question_id"])
     if item is None:
         item = _item_from_record(record)
     error = record.get("error") or None
     prediction = "" if error else str(_first(record, PREDICTION_KEYS))
+    if rule not in RULES:
+        raise ValueError(f"unknown scoring rule {rule!r}; known: {', '.join(RULES)}")
     if error:
-        correct = False
+        by_rule = dict.fromkeys(RULES, False)
     elif item.is_multiple_choice:
-        correct = extract_choice(prediction, item.choices) == item.ground_truth
+        by_rule = dict.fromkeys(
+            RULES, extract_choice(prediction, item.choices) == item.ground_truth
+        )
     else:
-        correct = open_ended_correct(prediction, item.ground_truth, strict=strict)
+        by_rule = {name: is_correct(prediction, item.ground_truth, name) for name in RULES}
     boxes = [tuple(box) for box in record.get("selected_boxes") or []]
     localised = None
     if item.hbox is not None and not error:
@@ -284,7 +313,8 @@ def score_record(
         question_id=question_id,
         subset=item.subset,
         category=item.category,
-        correct=correct,
+        correct=by_rule[rule],
+        by_rule=by_rule,
         error=str(error) if error else None,
         localised=localised,
         selected_boxes=bool(boxes),

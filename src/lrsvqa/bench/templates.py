@@ -46,6 +46,8 @@ TEMPLATE_CATEGORIES = (
 )
 REQUIRED_KEYS = ("question_id", "image", "category", "text", "ground_truth", "image_size")
 
+REFERENCE_KINDS = ("category-unique", "setting-qualified", "scene-positional")
+SETTING_JOIN = " in the "
 POSITION_KINDS = ("top-most", "bottom-most", "left-most", "right-most")
 # (axis, extreme is the minimum): y for top/bottom, x for left/right.
 _DIRECTIONS: dict[str, tuple[int, bool]] = {
@@ -97,6 +99,17 @@ class UniqueReference:
     def text(self) -> str:
         """The reference as it reads in a question, e.g. ``"the top-most and the largest ship"``."""
         return f"the {' and the '.join(self.kinds)} {self.noun}"
+
+    @property
+    def reference_kind(self) -> str:
+        """How the phrase finds its object: one of :data:`REFERENCE_KINDS`.
+
+        "the only ship" needs the category alone, "the left-most vehicle in the parking
+        lot" first the setting, "the top-most storage tank" a comparison over the scene.
+        """
+        if SETTING_JOIN in self.noun:
+            return "setting-qualified"
+        return "category-unique" if self.kinds == ("only",) else "scene-positional"
 
 
 def display_name(category: str) -> str:
@@ -226,6 +239,28 @@ def find_unique_references(
     return refs
 
 
+def setting_group(objects: Sequence[LabeledObject]) -> Callable[[LabeledObject], str | None]:
+    """Group objects by category within their facility: "vehicle in the parking lot".
+
+    Reads ``attributes["facility"]`` (the facility's kind, e.g. ``"parking lot"``) and
+    ``attributes["facility_index"]``. A group is only formed where the category lies in
+    one facility of that kind, so "the parking lot" names one place.
+    """
+    places: dict[tuple[str, str], set[Any]] = defaultdict(set)
+    for obj in objects:
+        facility = obj.attributes.get("facility")
+        if isinstance(facility, str):
+            places[(obj.category, facility)].add(obj.attributes.get("facility_index"))
+
+    def group(obj: LabeledObject) -> str | None:
+        facility = obj.attributes.get("facility")
+        if not isinstance(facility, str) or len(places[(obj.category, facility)]) != 1:
+            return None
+        return f"{category_noun(obj)}{SETTING_JOIN}{facility}"
+
+    return group
+
+
 def image_region(obj: LabeledObject, image_size: tuple[int, int], border: float) -> str | None:
     """Which ninth of the image holds the object's centre ("top left", "center", ...).
 
@@ -339,6 +374,7 @@ def lrsvqa_record(
     answer: str,
     image_size: tuple[int, int],
     obj: LabeledObject | None = None,
+    reference_kind: str | None = None,
 ) -> dict[str, Any]:
     """One LRS-VQA JSONL record, with the official short-answer instruction appended.
 
@@ -350,6 +386,8 @@ def lrsvqa_record(
         answer: The ground-truth short answer.
         image_size: ``(height, width)``; written as ``[width, height]`` like the benchmark.
         obj: The object asked about; its boxes are written (count questions have none).
+        reference_kind: How the question names its object (:data:`REFERENCE_KINDS`);
+            written as ``reference_kind`` when given.
     """
     record: dict[str, Any] = {
         "question_id": question_id,
@@ -363,6 +401,8 @@ def lrsvqa_record(
         if obj.rbox is not None:
             record["rbox"] = [float(c) for point in obj.rbox for c in point]
     record["image_size"] = [image_size[1], image_size[0]]
+    if reference_kind is not None:
+        record["reference_kind"] = reference_kind
     return record
 
 
@@ -373,8 +413,12 @@ def _reference_candidates(
     image_size: tuple[int, int],
     margins: UniquenessMargins,
     rng: random.Random,
-) -> list[tuple[str, str, LabeledObject]]:
-    """One (question, answer, object) per askable target, with a random reference."""
+) -> list[tuple[str, str, LabeledObject, str]]:
+    """One (question, answer, object, reference kind) per askable target.
+
+    The reference kind is drawn first, uniformly among those naming the target, and
+    then a reference of that kind, so no kind crowds out the others.
+    """
     by_target: dict[int, list[UniqueReference]] = defaultdict(list)
     for ref in refs:
         if not objects[ref.index].attributes.get("difficult"):
@@ -384,10 +428,12 @@ def _reference_candidates(
         fact = _fact(category, objects[index], image_size, margins)
         if fact is None:
             continue
-        ref = rng.choice(by_target[index])
+        kinds = sorted({ref.reference_kind for ref in by_target[index]})
+        kind = rng.choice(kinds)
+        ref = rng.choice([ref for ref in by_target[index] if ref.reference_kind == kind])
         template = rng.choice(_TEMPLATES[category])
         question = template.text.format(ref=ref.text, noun=ref.noun)
-        out.append((question, template.answer(fact), objects[index]))
+        out.append((question, template.answer(fact), objects[index], kind))
     return out
 
 
@@ -432,17 +478,28 @@ def generate_questions(
     if unknown:
         raise ValueError(f"unknown template categories {sorted(unknown)}")
     rng = random.Random(seed)
-    category_refs = find_unique_references(objects, margins=margins)
+    category_refs = [
+        *find_unique_references(objects, margins=margins),
+        # "the only ship in the harbour" would be "the only ship" with more words: a
+        # setting-qualified reference picks one of several objects in its setting.
+        *(
+            ref
+            for ref in find_unique_references(
+                objects, margins=margins, group=setting_group(objects)
+            )
+            if ref.kinds != ("only",)
+        ),
+    ]
     type_refs = [
         *find_unique_references(objects, margins=margins, group=lambda _: "object"),
         *find_unique_references(objects, margins=margins, group=_supercategory),
     ]
-    pools: list[tuple[str, list[tuple[str, str, LabeledObject | None]]]] = []
+    pools: list[tuple[str, list[tuple[str, str, LabeledObject | None, str | None]]]] = []
     for category in categories:
         if category == "count":
             counts = Counter(obj.category for obj in objects)
-            pool: list[tuple[str, str, LabeledObject | None]] = [
-                (count_question(name, rng), str(n), None)
+            pool: list[tuple[str, str, LabeledObject | None, str | None]] = [
+                (count_question(name, rng), str(n), None, None)
                 for name, n in sorted(counts.items())
                 if n <= max_count
             ]
@@ -452,7 +509,7 @@ def generate_questions(
         rng.shuffle(pool)
         pools.append((category, pool))
     limit = max_per_image if max_per_image is not None else sum(len(p) for _, p in pools)
-    chosen: list[tuple[str, str, str, LabeledObject | None]] = []
+    chosen: list[tuple[str, str, str, LabeledObject | None, str | None]] = []
     while len(chosen) < limit and any(pool for _, pool in pools):
         for category, pool in pools:
             if pool and len(chosen) < limit:
@@ -467,8 +524,9 @@ def generate_questions(
             answer=answer,
             image_size=image_size,
             obj=obj,
+            reference_kind=kind,
         )
-        for n, (category, question, answer, obj) in enumerate(chosen, start=1)
+        for n, (category, question, answer, obj, kind) in enumerate(chosen, start=1)
     ]
 
 

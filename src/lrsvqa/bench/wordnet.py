@@ -124,15 +124,16 @@ def wordnet() -> WordNetCorpusReader:
 
 @functools.lru_cache(maxsize=65536)
 def max_path_similarity(first: str, second: str) -> float:
-    """Largest WordNet path similarity over all synset pairs of two words or phrases.
+    """Largest WordNet path similarity over all synset pairs of two strings.
 
-    Phrases are looked up with ``_`` for spaces, WordNet's spelling of compounds
-    (``parking lot`` is ``parking_lot``). A word without synsets, or a pair of
-    synsets with no path between them, scores 0.
+    The strings are looked up as given (NLTK lower-cases them and tries their base
+    forms); WordNet spells compounds with ``_`` (``parking_lot``), so a phrase with
+    a space usually has no synsets. A string without synsets, or a pair of synsets
+    with no path between them, scores 0.
     """
     reader = wordnet()
-    synsets_a = reader.synsets(first.strip().replace(" ", "_"))
-    synsets_b = reader.synsets(second.strip().replace(" ", "_"))
+    synsets_a = reader.synsets(first)
+    synsets_b = reader.synsets(second)
     best = 0.0
     for synset_a in synsets_a:
         for synset_b in synsets_b:

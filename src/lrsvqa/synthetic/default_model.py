@@ -36,6 +36,7 @@ from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
 from lrsvqa.pruning.coarse_to_fine import tile_token_positions
+from lrsvqa.synthetic.facilities import FACILITY_KINDS
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS, SceneObject, paint_resampled
 from lrsvqa.synthetic.scene import (
     Placement,
@@ -185,7 +186,9 @@ def vocabulary(records: list[dict[str, Any]]) -> list[str]:
     """Words of questions and answers plus every word the synthetic world can answer."""
     words: set[str] = set()
     texts = [r["text"] for r in records] + [str(r["ground_truth"]) for r in records]
-    texts += list(CATEGORIES) + [c.shape for c in CATEGORIES.values()] + list(COLORS)
+    texts += list(CATEGORIES) + list(COLORS)
+    texts += [s.name for c in CATEGORIES.values() for s in c.shapes]
+    texts += [f"{k.name} {k.background}" for k in FACILITY_KINDS.values()]
     texts += [plural(display_name(name)) for name in CATEGORIES]
     texts += [str(n) for n in range(64)]
     for text in texts:

@@ -83,6 +83,31 @@ def _circle(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
     return np.sqrt(u * u + v * v) - np.float32(length / 2)
 
 
+def _triangle(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Delta-wing plane: an isosceles triangle pointing to ``+u``, as wide as it is long."""
+    half = np.float32(length / 2)
+    # Edges from the nose (half, 0) to the rear corners (-half, +-half).
+    slanted = (np.abs(v) * np.float32(2) + u - half) / np.float32(np.sqrt(5.0))
+    return np.maximum(slanted, -u - half)
+
+
+def _barge(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Barge: a slim rectangle, beam 0.3 of the length."""
+    return _box(u, v, length / 2, 0.15 * length)
+
+
+def _square(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """A square whose side is the length."""
+    return _box(u, v, length / 2, length / 2)
+
+
+def _hexagon(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
+    """Hexagonal tank roof, corner to corner along ``u`` equal to the length."""
+    apothem = np.float32(length * math.sqrt(3) / 4)
+    au, av = np.abs(u), np.abs(v)
+    return np.maximum(av, au * np.float32(math.sqrt(3) / 2) + av * np.float32(0.5)) - apothem
+
+
 def _l_shape(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
     """Building: a square with one quadrant cut away."""
     quarter = length / 4
@@ -92,34 +117,74 @@ def _l_shape(u: FloatArray, v: FloatArray, length: float) -> FloatArray:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """One outline an object may have.
+
+    Attributes:
+        name: Shape name given in labels and answers, e.g. ``"circle"``.
+        half_width: Half extent across the long axis, as a fraction of the length.
+        sdf: Distance-like field of the shape in object coordinates, < 0 inside.
+    """
+
+    name: str
+    half_width: float
+    sdf: ShapeField
+
+
+@dataclass(frozen=True)
 class Category:
     """An object class and how it looks.
 
     Attributes:
         name: Label name, e.g. ``"storage-tank"``.
-        shape: Shape name given in labels, e.g. ``"circle"``.
+        shapes: Outlines it comes in; the first is the one placed outside facilities.
         lengths: Range of the long side in full-resolution pixels.
-        half_width: Half extent across the long axis, as a fraction of the length.
         habitat: ``"water"`` (only on water) or ``"land"`` (anywhere but water).
-        sdf: Distance-like field of the shape in object coordinates, < 0 inside.
     """
 
     name: str
-    shape: str
+    shapes: tuple[Shape, ...]
     lengths: tuple[float, float]
-    half_width: float
     habitat: str
-    sdf: ShapeField
+
+    def shape(self, name: str) -> Shape:
+        """The shape called ``name``."""
+        return next(s for s in self.shapes if s.name == name)
 
 
 CATEGORIES: dict[str, Category] = {
     c.name: c
     for c in (
-        Category("ship", "hull", (40.0, 64.0), 0.15, "water", _hull),
-        Category("plane", "cross", (40.0, 64.0), 0.46, "land", _cross),
-        Category("vehicle", "rectangle", (24.0, 32.0), 0.22, "land", _rectangle),
-        Category("storage-tank", "circle", (26.0, 44.0), 0.5, "land", _circle),
-        Category("building", "L-shape", (28.0, 44.0), 0.5, "land", _l_shape),
+        Category(
+            "ship",
+            (Shape("pointed", 0.15, _hull), Shape("barge", 0.15, _barge)),
+            (40.0, 64.0),
+            "water",
+        ),
+        Category(
+            "plane",
+            (Shape("cross", 0.46, _cross), Shape("triangle", 0.5, _triangle)),
+            (40.0, 64.0),
+            "land",
+        ),
+        Category(
+            "vehicle",
+            (Shape("rectangle", 0.22, _rectangle), Shape("square", 0.5, _square)),
+            (24.0, 32.0),
+            "land",
+        ),
+        Category(
+            "storage-tank",
+            (Shape("circle", 0.5, _circle), Shape("hexagon", 0.44, _hexagon)),
+            (26.0, 44.0),
+            "land",
+        ),
+        Category(
+            "building",
+            (Shape("L-shape", 0.5, _l_shape), Shape("square", 0.5, _square)),
+            (28.0, 44.0),
+            "land",
+        ),
     )
 }
 
@@ -135,7 +200,9 @@ class SceneObject:
         cy: Centre row.
         length: Long side in pixels.
         angle: Direction of the long axis in radians (x right, y down).
-        site_radius: Radius of the lightened site around the object.
+        site_radius: Radius of the lightened site around the object; 0 for none
+            (objects in a facility, whose setting is the facility).
+        shape: Name of one of the category's :class:`Shape` s.
     """
 
     category: str
@@ -145,15 +212,21 @@ class SceneObject:
     length: float
     angle: float
     site_radius: float
+    shape: str
 
     @property
     def kind(self) -> Category:
         """The object's :class:`Category`."""
         return CATEGORIES[self.category]
 
+    @property
+    def outline(self) -> Shape:
+        """The object's :class:`Shape`."""
+        return self.kind.shape(self.shape)
+
     def _half_extents(self) -> tuple[float, float]:
         """Half sizes along and across the long axis."""
-        return self.length / 2, self.kind.half_width * self.length
+        return self.length / 2, self.outline.half_width * self.length
 
     def bounds(self, pad: float = 0.0) -> tuple[int, int, int, int]:
         """Integer box ``(x0, y0, x1, y1)``, half-open, holding every pixel within ``pad``."""
@@ -174,7 +247,7 @@ class SceneObject:
         dy = (ys - self.cy).astype(np.float32)
         u = dy[:, None] * np.float32(s) + dx[None, :] * np.float32(c)
         v = dy[:, None] * np.float32(c) - dx[None, :] * np.float32(s)
-        return self.kind.sdf(u, v, self.length)
+        return self.outline.sdf(u, v, self.length)
 
     def footprint(self, pad: float = 0.0) -> tuple[int, int, NDArray[np.bool_]]:
         """Pixels within ``pad`` of the shape: ``(x0, y0, mask)`` over :meth:`bounds`."""
@@ -205,10 +278,12 @@ class SceneObject:
         Coverage is the disc's with a one-output-pixel soft edge, so the same call
         serves full-resolution windows and pyramid tiles or thumbnails alike.
         """
+        r = self.site_radius
+        if r <= 0:
+            return
         h, w = out.shape[:2]
         x0, y0, x1, y1 = image_box
         sx, sy = w / (x1 - x0), h / (y1 - y0)
-        r = self.site_radius
         c0, c1 = (
             max(0, math.floor((self.cx - r - x0) * sx) - 1),
             min(w, math.ceil((self.cx + r - x0) * sx) + 1),
@@ -255,19 +330,34 @@ class SceneObject:
             float(y0 + rows[-1] + 1),
         )
 
-    def label(self, background: str, setting: str) -> LabeledObject:
-        """The object as a :class:`LabeledObject` with its surroundings as attributes."""
+    def label(
+        self,
+        background: str,
+        setting: str | None,
+        facility: int | None = None,
+        facility_name: str | None = None,
+    ) -> LabeledObject:
+        """The object as a :class:`LabeledObject` with its surroundings as attributes.
+
+        ``setting`` (rural/urban) is left out where the neighbourhood is mixed;
+        ``facility`` is the index of the facility holding the object, if any.
+        """
+        attributes: dict[str, object] = {
+            "background": background,
+            "length_px": round(self.length, 1),
+        }
+        if setting is not None:
+            attributes["setting"] = setting
+        if facility is not None:
+            attributes["facility"] = facility_name
+            attributes["facility_index"] = facility
         return LabeledObject(
             category=self.category,
             hbox=self.hbox(),
             rbox=self.rbox(),
             color=self.color,
-            shape=self.kind.shape,
-            attributes={
-                "background": background,
-                "setting": setting,
-                "length_px": round(self.length, 1),
-            },
+            shape=self.shape,
+            attributes=attributes,
         )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.synthetic.facilities import FACILITY_KINDS, FACILITY_MIN_SIDE, FACILITY_SHARE, Facility
 from lrsvqa.synthetic.objects import (
     CATEGORIES,
     COLORS,
@@ -40,6 +41,14 @@ URBAN_MIN_FRACTION = 0.3
 RURAL_MAX_FRACTION = 0.05
 ROAD_VEHICLE_SHARE = 0.6
 ATTEMPTS_PER_CATEGORY = 150
+MAX_PER_FACILITY = 4
+# Chances of 1, 2, 3 and 4 objects in a facility: lone objects are common enough that
+# "the only ship" is a frequent reference.
+FACILITY_COUNT_WEIGHTS = (0.4, 0.2, 0.2, 0.2)
+DECOY_RANGE = (1, 3)  # empty facilities per scene
+FACILITY_GAP = 64.0
+FACILITY_SIZE_SPREAD = 1.25  # long side drawn up to this factor above the minimum
+FACILITY_MIN_SHORT = 224.0  # room for a 64 px object inside the rim (and beside a runway)
 _M_TOP_PAD = -2  # glibc mallopt parameter
 _HEAP_PAD = 64 << 20
 
@@ -102,12 +111,14 @@ class Scene:
         terrain: Ground layout and texture parameters.
         shapes: Geometry of the placed objects.
         labels: Their labels, in the same order.
+        facilities: Settings holding the objects, decoys (empty ones) included.
     """
 
     spec: SceneSpec
     terrain: Terrain
     shapes: tuple[SceneObject, ...]
     labels: tuple[LabeledObject, ...]
+    facilities: tuple[Facility, ...]
 
     @property
     def height(self) -> int:
@@ -142,6 +153,8 @@ class Scene:
             for bx in range(0, w, RENDER_BLOCK):
                 xs = np.arange(x0 + bx, x0 + min(w, bx + RENDER_BLOCK), dtype=np.float64)
                 out[by : by + len(ys), bx : bx + len(xs)] = self.terrain.render(ys, xs)
+        for facility in self.facilities:
+            facility.paint(out, y0, x0)
         box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
         for shape in self.shapes:  # sites first: a site never covers another object's body
             shape.paint_site(out, box)
@@ -203,7 +216,8 @@ class _Placer:
         road = self.terrain.roads[int(self.rng.integers(len(self.terrain.roads)))]
         qy = self.rng.uniform(0, self.terrain.height)
         qx = self.rng.uniform(0, self.terrain.width)
-        room = max(0.0, road.half_width - CATEGORIES["vehicle"].half_width * length - 2.5)
+        half_width = CATEGORIES["vehicle"].shapes[0].half_width
+        room = max(0.0, road.half_width - half_width * length - 2.5)
         lateral = self.rng.uniform(-room, room)
         off = qx * road.nx + qy * road.ny - road.offset - lateral
         heading = road.angle + math.pi * int(self.rng.integers(2))
@@ -229,7 +243,9 @@ class _Placer:
             angle = float(self.rng.uniform(0, 2 * math.pi))
         long_side = max(self.terrain.height, self.terrain.width)
         site = max(SITE_MIN_RADIUS, SITE_RADIUS_SHARE * long_side)
-        return SceneObject(name, color, float(cx), float(cy), length, float(angle), site)
+        return SceneObject(
+            name, color, float(cx), float(cy), length, float(angle), site, kind.shapes[0].name
+        )
 
     def _fits(self, obj: SceneObject) -> bool:
         """Inside the image, clear of every placed object on both axes, sites apart."""
@@ -302,27 +318,123 @@ class _Placer:
         return placement is not None
 
 
+def _facility_box(
+    rng: np.random.Generator, terrain: Terrain, category: str
+) -> tuple[float, float, float, float]:
+    """A random box for a facility of ``category``: size by scene, aspect by kind."""
+    kind = FACILITY_KINDS[category]
+    long_side = max(FACILITY_MIN_SIDE, FACILITY_SHARE * max(terrain.height, terrain.width))
+    long_side *= float(rng.uniform(1.0, FACILITY_SIZE_SPREAD))
+    short_side = max(FACILITY_MIN_SHORT, long_side / float(rng.uniform(*kind.aspect)))
+    w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+    x0 = float(rng.uniform(EDGE_MARGIN, max(EDGE_MARGIN + 1, terrain.width - w - EDGE_MARGIN)))
+    y0 = float(rng.uniform(EDGE_MARGIN, max(EDGE_MARGIN + 1, terrain.height - h - EDGE_MARGIN)))
+    return x0, y0, x0 + w, y0 + h
+
+
+def _place_facility(
+    rng: np.random.Generator, terrain: Terrain, category: str, placed: list[Facility]
+) -> Facility | None:
+    """A facility of ``category`` inside the image, on dry land, apart from ``placed``."""
+    for _ in range(ATTEMPTS_PER_CATEGORY):
+        x0, y0, x1, y1 = _facility_box(rng, terrain, category)
+        if x1 > terrain.width - EDGE_MARGIN or y1 > terrain.height - EDGE_MARGIN:
+            continue
+        if any(
+            x0 < o.x1 + FACILITY_GAP
+            and o.x0 < x1 + FACILITY_GAP
+            and y0 < o.y1 + FACILITY_GAP
+            and o.y0 < y1 + FACILITY_GAP
+            for o in placed
+        ):
+            continue
+        step = max(SETTING_STEP, (x1 - x0) / 32)
+        cover = terrain.cover(_grid(y0, y1, step), _grid(x0, x1, step))
+        if (cover == Region.WATER).any():
+            continue
+        return Facility(category, x0, y0, x1, y1)
+    return None
+
+
+def _fill_facility(placer: _Placer, facility: Facility, index: int, count: int) -> int:
+    """Place up to ``count`` objects of the facility's category inside it; how many fit."""
+    rng = placer.rng
+    kind = CATEGORIES[facility.category]
+    placed = 0
+    for _ in range(ATTEMPTS_PER_CATEGORY):
+        if placed == count:
+            break
+        length = float(rng.uniform(*kind.lengths))
+        margin = length / 2 + OUTLINE_WIDTH + 2
+        if facility.category == "storage-tank":  # one tank per bund cell
+            cells = facility.cells()
+            cx0, cy0, cx1, cy1 = cells[int(rng.integers(len(cells)))]
+            bx0, by0, bx1, by1 = cx0 + margin, cy0 + margin, cx1 - margin, cy1 - margin
+        else:
+            bx0, by0, bx1, by1 = facility.interior(margin)
+        if bx1 <= bx0 or by1 <= by0:
+            continue
+        obj = SceneObject(
+            facility.category,
+            list(COLORS)[int(rng.integers(len(COLORS)))],
+            float(rng.uniform(bx0, bx1)),
+            float(rng.uniform(by0, by1)),
+            length,
+            float(rng.uniform(0, 2 * math.pi)),
+            0.0,
+            kind.shapes[int(rng.integers(len(kind.shapes)))].name,
+        )
+        ox0, oy0, ox1, oy1 = obj.bounds(OUTLINE_WIDTH)
+        inside = bx0 - margin <= ox0 and ox1 <= bx1 + margin
+        if not (inside and by0 - margin <= oy0 and oy1 <= by1 + margin) or not placer._fits(obj):
+            continue
+        setting = placer._setting(obj)
+        placer.shapes.append(obj)
+        placer.labels.append(
+            obj.label(facility.kind.background, setting, index, facility.kind.name)
+        )
+        placed += 1
+    return placed
+
+
 def generate_scene(spec: SceneSpec) -> Scene:
     """Generate a scene's layout and objects (no pixels) deterministically from ``spec``.
 
-    Objects are placed by rejection: each is fully inside the image, apart from the
-    others with distinct rows and columns (so "top-most"/"left-most" references are
-    unique), on a clear-cut background, in a clearly urban or clearly rural setting.
+    Objects stand in facilities of their category (ships in harbours, planes on
+    airfields, ...), 1 to :data:`MAX_PER_FACILITY` per facility, until the drawn
+    object count is reached; then 1-3 empty facilities of random kinds are added as
+    decoys, so a search guided by the question has to choose. Objects are apart from
+    each other with distinct rows and columns (so "top-most"/"left-most" references
+    are unique).
 
     Raises:
         RuntimeError: If fewer than ``spec.min_objects`` objects could be placed.
     """
     rng = np.random.default_rng(spec.seed)
     terrain = make_terrain(rng, spec.height, spec.width)
-    placer = _Placer.create(rng, terrain)
+    placer = _Placer(rng, terrain, np.empty((0, 2)), np.empty((0, 2)), 0.0, [], [])
     names = list(CATEGORIES)
-    for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
-        order = [names[i] for i in rng.permutation(len(names))]
-        if not any(placer.place(name) for name in order):
+    facilities: list[Facility] = []
+    remaining = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    # Categories cycle in a random order, so a scene holds several kinds of facility.
+    order = [names[i] for i in rng.permutation(len(names))]
+    for attempt in range(ATTEMPTS_PER_CATEGORY):
+        if remaining <= 0:
             break
+        category = order[attempt % len(order)]
+        facility = _place_facility(rng, terrain, category, facilities)
+        if facility is None:
+            continue
+        count = min(remaining, 1 + int(rng.choice(MAX_PER_FACILITY, p=FACILITY_COUNT_WEIGHTS)))
+        facilities.append(facility)
+        remaining -= _fill_facility(placer, facility, len(facilities) - 1, count)
+    for _ in range(int(rng.integers(DECOY_RANGE[0], DECOY_RANGE[1] + 1))):
+        decoy = _place_facility(rng, terrain, names[int(rng.integers(len(names)))], facilities)
+        if decoy is not None:
+            facilities.append(decoy)
     if len(placer.shapes) < spec.min_objects:
         raise RuntimeError(f"placed only {len(placer.shapes)} objects in scene {spec}")
-    return Scene(spec, terrain, tuple(placer.shapes), tuple(placer.labels))
+    return Scene(spec, terrain, tuple(placer.shapes), tuple(placer.labels), tuple(facilities))
 
 
 def candidate_placements(scene: Scene, count: int, seed: int) -> list[Placement]:

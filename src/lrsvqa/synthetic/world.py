@@ -33,7 +33,7 @@ from lrsvqa.synthetic.scene import (
 )
 
 # Bump when rendering or placement changes, so cached scenes are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 4
 TILE_SIZE = 512
 # Deflate level 1 compresses these textures almost as well as the default level 6 in a
 # fraction of the time, which dominates the cost of writing a 30k scene.
@@ -89,13 +89,14 @@ def world_specs(
     seed: int,
     split: str,
     objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
+    max_aspect: float = MAX_ASPECT,
 ) -> list[SceneSpec]:
     """Specs of a world's scenes; scene ``i`` does not depend on ``num_scenes``.
 
     The long side is uniform in ``[min_side, max_side]``, the aspect ratio up to
-    1.5 (either orientation); the split name is hashed into the seed so that splits
-    with the same ``seed`` hold different scenes. ``objects`` is the range of the
-    object count per scene.
+    ``max_aspect`` (either orientation; 8 gives strips like 32,768 x 4,096); the
+    split name is hashed into the seed so that splits with the same ``seed`` hold
+    different scenes. ``objects`` is the range of the object count per scene.
     """
     if not MIN_SIDE <= min_side <= max_side:
         raise ValueError(f"need {MIN_SIDE} <= min_side <= max_side, got {min_side}, {max_side}")
@@ -103,7 +104,7 @@ def world_specs(
     specs = []
     for _ in range(num_scenes):
         long_side = int(rng.integers(min_side, max_side + 1))
-        short_side = max(min_side, round(long_side / rng.uniform(1.0, MAX_ASPECT)))
+        short_side = max(min_side, round(long_side / rng.uniform(1.0, max_aspect)))
         tall = bool(rng.integers(2))
         height, width = (long_side, short_side) if tall else (short_side, long_side)
         specs.append(SceneSpec(int(rng.integers(1 << 31)), height, width, *objects))
@@ -138,6 +139,7 @@ def generate_world(
     seed: int,
     split: str = "test",
     objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
+    max_aspect: float = MAX_ASPECT,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) a split of synthetic scenes and write its manifest.
@@ -150,6 +152,7 @@ def generate_world(
         seed: World seed.
         split: Split name, e.g. ``"train"`` or ``"test"``.
         objects: Fewest and most objects per scene.
+        max_aspect: Largest ratio of long to short side.
         log: Called with one line per scene (written or reused).
 
     Returns:
@@ -167,10 +170,17 @@ def generate_world(
         "seed": seed,
         "min_side": min_side,
         "max_side": max_side,
+        "max_aspect": max_aspect,
         "scenes": [],
     }
     specs = world_specs(
-        num_scenes, min_side=min_side, max_side=max_side, seed=seed, split=split, objects=objects
+        num_scenes,
+        min_side=min_side,
+        max_side=max_side,
+        seed=seed,
+        split=split,
+        objects=objects,
+        max_aspect=max_aspect,
     )
     for index, spec in enumerate(specs):
         scene_id = f"{split}-{index:04d}"

@@ -40,7 +40,7 @@ from lrsvqa.bench.construct.store import (
     write_json,
 )
 from lrsvqa.bench.construct.targets import load_targets
-from lrsvqa.bench.scoring import open_ended_correct
+from lrsvqa.bench.scoring import is_correct as benchmark_is_correct
 from lrsvqa.bench.templates import count_question, prompt_text
 from lrsvqa.imagery.reader import open_image
 
@@ -171,7 +171,7 @@ def evaluate(
     megapixels: Sequence[float],
     *,
     min_gain: float = 0.0,
-    is_correct: Scorer = open_ended_correct,
+    is_correct: Scorer = benchmark_is_correct,
 ) -> QualityResult:
     """Score the recorded answers and decide what to keep (see module docstring)."""
     levels = sorted(megapixels)
@@ -247,7 +247,7 @@ def run_quality(
     max_concurrency: int = 4,
     min_gain: float = 0.0,
     seed: int = 0,
-    is_correct: Scorer = open_ended_correct,
+    is_correct: Scorer = benchmark_is_correct,
 ) -> QualityResult:
     """Answer every question at every budget not yet answered, then evaluate and plot.
 
@@ -263,7 +263,7 @@ def run_quality(
         min_gain: Accuracy rise (fraction) a category needs to be kept.
         seed: Seed of the count-question wording (as in :func:`collect_questions`).
         is_correct: ``(prediction, ground truth) -> bool``; by default the
-            benchmark's own scorer (:func:`lrsvqa.bench.scoring.open_ended_correct`).
+            benchmark's own scorer (:func:`lrsvqa.bench.scoring.is_correct`).
     """
     questions = collect_questions(out_dir, seed=seed)
     path = out_dir / ANSWERS_FILE
