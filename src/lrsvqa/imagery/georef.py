@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import tifffile
 
 GeoTransform = tuple[float, float, float, float, float, float]
@@ -111,11 +112,11 @@ def _geotransform(tags: dict[str, Any]) -> GeoTransform | None:
     """Affine transform from ModelTransformation, or from one tiepoint and a pixel scale."""
     matrix = tags.get("ModelTransformation")
     if matrix is not None:
-        m = [float(v) for v in (matrix.ravel() if hasattr(matrix, "ravel") else matrix)]
-        if len(m) == 16:
-            return m[3], m[0], m[1], m[7], m[4], m[5]
-        # tifffile hands a 4 x 4 array; anything else is malformed.
-        return None
+        # tifffile hands a 4 x 4 nested list; anything else is malformed.
+        m = [float(v) for v in np.asarray(matrix, dtype=np.float64).ravel()]
+        if len(m) != 16:
+            return None
+        return m[3], m[0], m[1], m[7], m[4], m[5]
     tiepoint, scale = tags.get("ModelTiepoint"), tags.get("ModelPixelScale")
     if tiepoint is None or scale is None or len(tiepoint) != 6:
         # Several tiepoints without a scale are ground control points, not an affine map.
