@@ -131,3 +131,19 @@ def test_gdal_only_formats_open_through_the_gdal_backend(tmp_path: Path, driver:
     np.testing.assert_array_equal(window, np.moveaxis(data, 0, -1)[4:36, 8:40])
     with pytest.raises(ImageReadError, match="exceeds the limit"):
         open_image(path, max_pixels=100)
+
+
+def test_pyramid_prints_georeference_and_bands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.cli import app
+
+    path = _write(tmp_path / "geo.tif", _pixels(4), nodata=0, photometric="MINISBLACK")
+    result = CliRunner().invoke(app, ["pyramid", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "CRS: EPSG:32633" in result.output
+    assert "geotransform: 500000, 10, 2, 4200000, 1.5, -10" in result.output
+    assert "nodata: 0" in result.output
+    assert "notice: showing bands 1, 2, 3" in result.output
+    result = CliRunner().invoke(app, ["pyramid", str(path), "--bands", "4,3,2"])
+    assert "shown as R, G, B: bands 4, 3, 2" in result.output and "notice" not in result.output
