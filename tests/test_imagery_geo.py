@@ -147,3 +147,100 @@ def test_pyramid_prints_georeference_and_bands(tmp_path: Path) -> None:
     assert "notice: showing bands 1, 2, 3" in result.output
     result = CliRunner().invoke(app, ["pyramid", str(path), "--bands", "4,3,2"])
     assert "shown as R, G, B: bands 4, 3, 2" in result.output and "notice" not in result.output
+
+
+class _CountingRangeServer:
+    """A loopback HTTP server that answers byte-range requests and counts bytes served."""
+
+    def __init__(self, root: Path) -> None:
+        import http.server
+        import threading
+
+        server = self
+        self.bytes_served = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes | None:
+                file = root / self.path.lstrip("/")
+                if not file.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                data = file.read_bytes()
+                spec = self.headers.get("Range")
+                if spec and spec.startswith("bytes="):
+                    first, _, last = spec[6:].split(",")[0].partition("-")
+                    start, end = int(first), min(int(last or len(data) - 1), len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                    data = data[start : end + 1]
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                return data
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._body()
+
+            def do_GET(self) -> None:  # noqa: N802
+                data = self._body()
+                if data:
+                    server.bytes_served += len(data)
+                    self.wfile.write(data)
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_remote_cog_reads_a_small_fraction_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lrsvqa.imagery.texture import render_texture
+    from lrsvqa.imagery.tiles import PyramidReader
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    side = 4096
+    texture = render_texture(0, 0, side, side)
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(
+        plain, "w", driver="GTiff", width=side, height=side, count=3, dtype="uint8",
+        crs="EPSG:32633", transform=TRANSFORM, tiled=True, photometric="RGB",
+    ) as ds:  # fmt: skip
+        ds.write(np.moveaxis(texture, -1, 0))
+    served = tmp_path / "served"
+    served.mkdir()
+    cog = served / "scene.tif"
+    from rasterio.shutil import copy as copy_raster
+
+    copy_raster(plain, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256)
+    server = _CountingRangeServer(served)
+    try:
+        with PyramidReader.open(f"{server.url}/scene.tif", tile_size=336) as reader:
+            assert reader.image.georef.epsg == 32633
+            assert len(reader.image.level_sizes) > 1
+            reader.thumbnail()
+            tiles = reader.tiles(reader.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
+        with pytest.raises(ImageReadError, match="missing.tif"):
+            open_image(f"{server.url}/missing.tif")
+    finally:
+        server.close()
+    fraction = server.bytes_served / cog.stat().st_size
+    print(f"fetched {server.bytes_served} of {cog.stat().st_size} bytes ({fraction:.1%})")
+    assert fraction < 0.1, f"fetched {fraction:.1%} of the file"
+    with PyramidReader.open(cog, tile_size=336) as local:
+        expected = local.tiles(local.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
+    for remote_tile, local_tile in zip(tiles, expected, strict=True):
+        np.testing.assert_array_equal(remote_tile, local_tile)
