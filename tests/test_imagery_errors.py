@@ -60,7 +60,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 def test_not_an_image(tmp_path: Path) -> None:
     (tmp_path / "notes.tif").write_text("hello, this is text\n")
-    _expect(tmp_path / "notes.tif", r"not a supported image \(TIFF, PNG or JPEG\)")
+    _expect(tmp_path / "notes.tif", "not a supported image")
 
 
 def test_truncated_tiff_is_caught_at_open(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_two_band_tiff_needs_explicit_bands(tmp_path: Path) -> None:
     path = tmp_path / "two.tif"
     tifffile.imwrite(path, RGB[:, :, :2], photometric="minisblack", planarconfig="contig")
     _expect(path, "2-band image: choose bands")
-    with open_image(path, bands=(1,)) as image:
+    with open_image(path, bands=(2,)) as image:
         out = image.read_region((0, 0, 50, 40), (40, 50))
     np.testing.assert_array_equal(out[:, :, 2], RGB[:40, :50, 1])
 
@@ -140,7 +140,7 @@ def test_two_band_png_grey_alpha(tmp_path: Path) -> None:
 
 
 def test_bands_out_of_range(tmp_path: Path) -> None:
-    _expect(_tiled(tmp_path / "t.tif"), r"bands \[3\] out of range", bands=(0, 1, 3))
+    _expect(_tiled(tmp_path / "t.tif"), r"bands \[4\] out of range", bands=(1, 2, 4))
 
 
 def test_unsupported_layout(tmp_path: Path) -> None:

@@ -16,26 +16,40 @@ from lrsvqa.imagery.radiometry import (
 @pytest.mark.parametrize(
     ("num_bands", "bands", "expected"),
     [
-        (1, None, (0, 0, 0)),
-        (3, None, (0, 1, 2)),
-        (4, None, (0, 1, 2)),
-        (13, None, (0, 1, 2)),
-        (4, (3, 2, 1), (3, 2, 1)),
-        (4, [3], (3, 3, 3)),
-        (2, (1,), (1, 1, 1)),
-        (2, (0, 1, 1), (0, 1, 1)),
+        (1, None, (1, 1, 1)),
+        (3, None, (1, 2, 3)),
+        (4, None, (1, 2, 3)),
+        (13, None, (1, 2, 3)),
+        (4, (4, 3, 2), (4, 3, 2)),
+        (4, [4], (4, 4, 4)),
+        (2, (2,), (2, 2, 2)),
+        (2, (1, 2, 2), (1, 2, 2)),
     ],
 )
 def test_resolve_bands(num_bands: int, bands: tuple[int, ...] | None, expected: tuple) -> None:
-    assert resolve_bands(num_bands, bands) == expected
+    choice = resolve_bands(num_bands, bands)
+    assert choice.rgb == expected
+    # Only a multi-band default the file does not back carries a notice naming the bands.
+    if bands is None and num_bands >= 3:
+        assert choice.notice is not None and "bands 1, 2, 3" in choice.notice
+    else:
+        assert choice.notice is None
+
+
+def test_resolve_bands_follows_the_files_meaning() -> None:
+    choice = resolve_bands(4, None, from_meaning=(3, 2, 1))
+    assert choice.rgb == (3, 2, 1) and choice.notice is None
+    # An explicit choice wins over the file's meaning.
+    assert resolve_bands(4, (4, 3, 2), from_meaning=(3, 2, 1)).rgb == (4, 3, 2)
 
 
 @pytest.mark.parametrize(
     ("num_bands", "bands", "message"),
     [
         (2, None, "2-band"),
-        (3, (0, 1), r"1 \(grey\) or 3"),
-        (3, (0, 1, 3), "out of range"),
+        (3, (1, 2), r"1 \(grey\) or 3"),
+        (3, (1, 2, 4), "out of range"),
+        (3, (0,), "out of range"),
         (3, (-1,), "out of range"),
         (0, None, "0 bands"),
     ],

@@ -209,9 +209,9 @@ def test_bands_are_selectable(tmp_path: Path) -> None:
     data = _multispectral()
     path = _tiled(tmp_path / "ms.tif", data)
     box, size = (0, 0, 64, 48), (48, 64)
-    with open_image(path, bands=(3, 2, 1), percentiles=None) as image:
+    with open_image(path, bands=(4, 3, 2), percentiles=None) as image:
         false_colour = image.read_region(box, size)
-    with open_image(path, bands=[3], percentiles=None) as image:
+    with open_image(path, bands=[4], percentiles=None) as image:
         grey = image.read_region(box, size)
     ramp = stretch_to_uint8(data[:48, :64, 3:], 0, 65535)[:, :, 0]
     np.testing.assert_array_equal(false_colour[:, :, 0], ramp)

@@ -400,12 +400,16 @@ def build_bench(
 
 @app.command()
 def pyramid(
-    image: Path = typer.Argument(..., help="Large image (TIFF/GeoTIFF/BigTIFF, PNG or JPEG)."),
+    image: str = typer.Argument(
+        ..., help="Large image (TIFF/GeoTIFF, PNG, JPEG; with GDAL also JP2, VRT, ..., URLs)."
+    ),
     overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
     tile_size: int = typer.Option(336, min=1, help="Tile side B (336 for CLIP-L/14-336)."),
     min_short_side: int = typer.Option(1008, min=1, help="Bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
-    bands: str | None = typer.Option(None, help="Bands shown as RGB (0-based), e.g. 3,2,1."),
+    bands: str | None = typer.Option(
+        None, help="Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
+    ),
     no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
 ) -> None:
     """Print an image's Dynamic Image Pyramid: level sizes, tile grids, scales.
@@ -414,7 +418,7 @@ def pyramid(
     """
     from rich.console import Console
 
-    from lrsvqa.imagery.display import pyramid_table, save_grid_overlay
+    from lrsvqa.imagery.display import georef_lines, pyramid_table, save_grid_overlay
     from lrsvqa.imagery.errors import ImageReadError
     from lrsvqa.imagery.reader import DEFAULT_MAX_PIXELS
     from lrsvqa.imagery.tiles import PyramidReader
@@ -434,6 +438,8 @@ def pyramid(
         raise typer.Exit(1) from error
     with reader:
         console.print(pyramid_table(reader))
+        for line in georef_lines(reader.image):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
         if overlay is not None:
             console.print(f"tile-grid overlay written to {save_grid_overlay(reader, overlay)}")
 

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from lrsvqa.imagery.reader import LargeImage
 from lrsvqa.imagery.tiles import PyramidReader
 
 _PANEL_INCHES = 4.0
@@ -27,7 +28,7 @@ def pyramid_table(reader: PyramidReader) -> Table:
     whole = (0.0, 0.0, float(image.width), float(image.height))
     table = Table(
         title=(
-            f"{image.path.name}: {_size((image.height, image.width))} px, "
+            f"{image.name}: {_size((image.height, image.width))} px, "
             f"{image.num_bands} x {image.dtype}, B={geometry.tile_size}"
         )
     )
@@ -49,6 +50,25 @@ def pyramid_table(reader: PyramidReader) -> Table:
             f"{level.scale:.4f}", _size(source),
         )  # fmt: skip
     return table
+
+
+def georef_lines(image: LargeImage) -> list[str]:
+    """Where the image lies and which bands are shown, one fact per line."""
+    georef = image.georef
+    lines = [f"CRS: {georef.crs or 'none'}" + (f" ({georef.crs_name})" if georef.crs_name else "")]
+    if georef.geotransform is None:
+        lines.append("geotransform: none (coordinates are pixels)")
+    else:
+        lines.append(f"geotransform: {', '.join(f'{v:.10g}' for v in georef.geotransform)}")
+    lines.append(f"nodata: {'none' if georef.nodata is None else f'{georef.nodata:g}'}")
+    for band in range(image.num_bands):
+        colour = georef.colours[band] if band < len(georef.colours) else None
+        text = georef.descriptions[band] if band < len(georef.descriptions) else None
+        lines.append(f"band {band + 1}: {colour or 'undefined'}" + (f", {text}" if text else ""))
+    lines.append(f"shown as R, G, B: bands {', '.join(str(b) for b in image.bands)}")
+    if image.band_notice:
+        lines.append(f"notice: {image.band_notice}")
+    return lines
 
 
 def save_grid_overlay(

@@ -8,6 +8,7 @@ pixels to measure (a low-resolution level) and this module decides *how* to map 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,16 +17,37 @@ DEFAULT_PERCENTILES = (2.0, 98.0)
 RGB = tuple[int, int, int]
 
 
-def resolve_bands(num_bands: int, bands: Sequence[int] | None = None) -> RGB:
+@dataclass(frozen=True)
+class BandChoice:
+    """The source bands shown as red, green and blue, and why.
+
+    Attributes:
+        rgb: 1-based source band shown as each of R, G and B (GDAL's numbering).
+        notice: Set when the file did not say which bands are red, green and blue and
+            a default was taken: a sentence naming the bands used, for the user.
+    """
+
+    rgb: RGB
+    notice: str | None = None
+
+
+def resolve_bands(
+    num_bands: int,
+    bands: Sequence[int] | None = None,
+    from_meaning: RGB | None = None,
+) -> BandChoice:
     """Choose the three source bands shown as red, green and blue.
 
     Args:
         num_bands: Bands in the image.
-        bands: Zero-based band indices, one (shown as grey) or three (R, G, B).
-            ``None`` picks the first three bands, or replicates a single band.
+        bands: 1-based band numbers as in GDAL, one (shown as grey) or three (R, G,
+            B). ``None`` takes ``from_meaning``, else replicates a single band, else
+            shows bands 1, 2, 3 with a notice.
+        from_meaning: Bands the file's colour interpretation or band descriptions
+            call red, green and blue, if it says.
 
     Returns:
-        Source band index for each of R, G and B.
+        The choice and, for a default the file does not back, a notice.
 
     Raises:
         ValueError: The choice is ambiguous (two bands and no ``bands``), has the
@@ -34,23 +56,33 @@ def resolve_bands(num_bands: int, bands: Sequence[int] | None = None) -> RGB:
     if num_bands < 1:
         raise ValueError(f"image has {num_bands} bands")
     if bands is None:
+        if from_meaning is not None:
+            return BandChoice(from_meaning)
         if num_bands == 1:
-            return 0, 0, 0
+            return BandChoice((1, 1, 1))
         if num_bands == 2:
             raise ValueError(
-                "2-band image: choose bands explicitly, e.g. bands=(0,) for grey "
-                "or bands=(0, 1, 1) for a false-colour composite"
+                "2-band image: choose bands explicitly (1-based), e.g. bands=(1,) for grey "
+                "or bands=(1, 2, 2) for a false-colour composite"
             )
-        return 0, 1, 2
+        return BandChoice(
+            (1, 2, 3),
+            notice=(
+                f"showing bands 1, 2, 3 of {num_bands} as red, green, blue: the file does not "
+                "say which bands are red, green and blue (choose with --bands, e.g. 3,2,1)"
+            ),
+        )
     chosen = tuple(int(b) for b in bands)
     if len(chosen) not in (1, 3):
         raise ValueError(f"bands must name 1 (grey) or 3 (RGB) bands, got {len(chosen)}")
-    bad = [b for b in chosen if not 0 <= b < num_bands]
+    bad = [b for b in chosen if not 1 <= b <= num_bands]
     if bad:
-        raise ValueError(f"bands {bad} out of range for a {num_bands}-band image")
+        raise ValueError(
+            f"bands {bad} out of range for a {num_bands}-band image (bands count from 1)"
+        )
     if len(chosen) == 1:
-        return chosen[0], chosen[0], chosen[0]
-    return chosen[0], chosen[1], chosen[2]
+        return BandChoice((chosen[0], chosen[0], chosen[0]))
+    return BandChoice((chosen[0], chosen[1], chosen[2]))
 
 
 def validate_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:

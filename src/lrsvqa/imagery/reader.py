@@ -5,8 +5,16 @@ are read window by window with tifffile + imagecodecs + zarr: only the tiles or
 strips a window touches are decoded, and uncompressed contiguous data is read row
 by row, so even a single 2 GB strip costs only the bytes of the window. PNG and
 JPEG go through Pillow; they cannot be decoded by window, so they are decoded whole
-once (JPEG at 1/2, 1/4 or 1/8 scale when that is enough) and kept. The choice of
-tifffile + zarr is measured in ``benchmarks/reader_choice.py``.
+once (JPEG at 1/2, 1/4 or 1/8 scale when that is enough) and kept. Everything else
+(JPEG2000, VRT, NITF, ...) and remote URLs go through the optional GDAL backend
+(:mod:`lrsvqa.imagery.gdal`) with the same window-and-overview semantics. The choice
+of tifffile + zarr, and of GDAL for remote files, is measured in
+``benchmarks/reader_choice.py``.
+
+Bands are numbered from 1, as in GDAL. Without an explicit choice, the bands the file
+calls red, green and blue are shown (:func:`lrsvqa.imagery.georef.rgb_from_meaning`);
+otherwise bands 1-3, with a notice. Nodata pixels are left out of the stretch and of
+resampling and come out black.
 
 Decompression-bomb protection: :func:`open_image` refuses images with more than
 ``max_pixels`` pixels *before decoding anything*. The default is
@@ -22,6 +30,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
+from functools import cached_property
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -32,10 +41,12 @@ import tifffile
 import zarr
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
+from lrsvqa.imagery import gdal
 from lrsvqa.imagery.errors import ImageReadError
+from lrsvqa.imagery.georef import GeoReference, rgb_from_meaning, tiff_georeference
 from lrsvqa.imagery.radiometry import (
     DEFAULT_PERCENTILES,
-    RGB,
+    BandChoice,
     dtype_limits,
     needs_stretch,
     percentile_limits,
@@ -66,6 +77,15 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_REDUCTIONS = (2, 4, 8)
+# A resampled pixel with less than this share of valid source pixels under it is nodata.
+_MIN_VALID_WEIGHT = 0.5
+# Colour of each band of the Pillow modes the reader produces.
+_PILLOW_COLOURS = {
+    "L": ("gray",),
+    "LA": ("gray", "alpha"),
+    "RGB": ("red", "green", "blue"),
+    "RGBA": ("red", "green", "blue", "alpha"),
+}
 # Pillow modes without a direct numpy view, and what to convert them to.
 _PILLOW_CONVERT = {
     "1": "L",
@@ -114,6 +134,9 @@ class _Source(Protocol):
 
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Native pixels ``(h, w, num_bands)`` of a window of ``level``."""
+
+    def georeference(self) -> GeoReference:
+        """CRS, geotransform, nodata and band meaning, from metadata only."""
 
     def close(self) -> None:
         """Release file handles."""
@@ -251,6 +274,10 @@ class _TiffSource:
         """Tile or strip height of ``level`` (1 for raw rows)."""
         return self._chunk_rows[level]
 
+    def georeference(self) -> GeoReference:
+        """GeoTIFF and GDAL tags of the first page, already parsed by tifffile."""
+        return tiff_georeference(self._tif, self.num_bands)
+
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Decode only the tiles or strips under the window."""
         reader = self._levels[level]
@@ -294,6 +321,10 @@ class _PillowSource:
     def chunk_rows(self, level: int) -> int:
         """Rows of a decoded level are sliced individually."""
         return 1
+
+    def georeference(self) -> GeoReference:
+        """No georeferencing; the band colours follow the decoded mode."""
+        return GeoReference(colours=_PILLOW_COLOURS.get(self._mode, ()))
 
     def _decode(self, level: int) -> np.ndarray:
         with self._lock:
@@ -340,18 +371,53 @@ def _span(start: float, end: float, out_len: int, size: int, support: float) -> 
     return max(0, lo), min(size, hi)
 
 
-def _resize(window: np.ndarray, box: Box, out_size: Size, resample: Image.Resampling) -> np.ndarray:
-    """Resize each band of ``window`` over the float ``box`` to ``out_size`` ``(h, w)``."""
+def _valid_pixels(window: np.ndarray, nodata: float) -> np.ndarray:
+    """Pixels where at least one band holds data, as GDAL's per-dataset nodata mask."""
+    if math.isnan(nodata):
+        return ~np.all(np.isnan(window), axis=2)
+    return ~np.all(window == nodata, axis=2)
+
+
+def _resize(
+    window: np.ndarray,
+    box: Box,
+    out_size: Size,
+    resample: Image.Resampling,
+    nodata: float | None = None,
+) -> np.ndarray:
+    """Resize each band of ``window`` over the float ``box`` to ``out_size`` ``(h, w)``.
+
+    With ``nodata``, resampling is normalised by the share of valid pixels under each
+    output pixel, so nodata never bleeds into valid edges, and outputs mostly over
+    nodata become NaN (``float32`` output).
+    """
     h, w = window.shape[:2]
     x0, y0, x1, y1 = box
     box = (min(max(x0, 0.0), w), min(max(y0, 0.0), h), min(max(x1, 0.0), w), min(max(y1, 0.0), h))
     size = (out_size[1], out_size[0])
-    bands = []
-    for b in range(window.shape[2]):
-        band = window[:, :, b]
-        band = band if band.dtype == np.uint8 else band.astype(np.float32)
+
+    def resized(band: np.ndarray) -> np.ndarray:
         image = Image.fromarray(np.ascontiguousarray(band))
-        bands.append(np.asarray(image.resize(size, resample, box=box)))
+        return np.asarray(image.resize(size, resample, box=box))
+
+    if nodata is None:
+        return np.stack(
+            [
+                resized(band if band.dtype == np.uint8 else band.astype(np.float32))
+                for band in np.moveaxis(window, 2, 0)
+            ],
+            axis=-1,
+        )
+    valid = _valid_pixels(window, nodata)
+    weight = resized(valid.astype(np.float32))
+    blank = weight < _MIN_VALID_WEIGHT
+    safe_weight = np.where(blank, np.float32(1.0), weight)
+    bands = []
+    for band in np.moveaxis(window, 2, 0):
+        band = np.where(valid, band.astype(np.float32), np.float32(0.0))
+        out = resized(band) / safe_weight
+        out[blank] = np.nan
+        bands.append(out)
     return np.stack(bands, axis=-1)
 
 
@@ -361,25 +427,55 @@ class LargeImage:
     Use as a context manager or call :meth:`close`. Reads are thread-safe.
 
     Attributes:
-        path: The file.
-        bands: Source band shown as each of R, G, B.
+        path: The file, or the URL of a remote image.
+        bands: 1-based source band shown as each of R, G, B.
+        band_notice: Why bands 1-3 are shown when the file does not say which bands are
+            red, green and blue, or None.
         percentiles: Stretch percentiles for non-8-bit data, or ``None`` for the full
             range of the data type.
     """
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         source: _Source,
-        bands: RGB,
+        bands: BandChoice,
         percentiles: tuple[float, float] | None,
     ) -> None:
         self.path = path
-        self.bands = bands
+        self.bands = bands.rgb
+        self.band_notice = bands.notice
         self.percentiles = percentiles
         self._source = source
         self._limits: tuple[np.ndarray, np.ndarray] | None = None
         self._limits_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The file name, or the last part of a URL."""
+        return self.path.name if isinstance(self.path, Path) else self.path.rsplit("/", 1)[-1]
+
+    @cached_property
+    def georef(self) -> GeoReference:
+        """CRS, geotransform, nodata and band meaning, read from the file's metadata."""
+        return self._source.georeference()
+
+    @property
+    def nodata(self) -> float | None:
+        """Value of pixels without data (shown black, left out of the stretch), or None."""
+        return self.georef.nodata
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for traces: source, size, bands shown and georeferencing."""
+        return {
+            "image": str(self.path),
+            "size": [self.height, self.width],
+            "num_bands": self.num_bands,
+            "dtype": str(self.dtype),
+            "bands": list(self.bands),
+            "band_notice": self.band_notice,
+            "georeference": self.georef.to_dict(),
+        }
 
     @property
     def height(self) -> int:
@@ -448,8 +544,11 @@ class LargeImage:
             ImageReadError: The pixels cannot be decoded (corrupt file).
         """
         raw = self._resample(box, out_size)
-        if not needs_stretch(self.dtype):
+        if raw.dtype == np.uint8:
             return raw
+        if not needs_stretch(self.dtype):
+            # 8-bit data with nodata: NaN marks nodata and becomes black.
+            return stretch_to_uint8(raw, 0.0, 255.0)
         low, high = self.stretch_limits()
         return stretch_to_uint8(raw, low, high)
 
@@ -484,7 +583,10 @@ class LargeImage:
         return max(x0, 0.0), max(y0, 0.0), min(x1, self.width), min(y1, self.height)
 
     def _resample(self, box: Box, out_size: Size) -> np.ndarray:
-        """R, G, B resampled over ``box``; ``uint8`` for 8-bit data, else ``float32``."""
+        """R, G, B resampled over ``box``.
+
+        ``uint8`` for 8-bit data without nodata, else ``float32`` with NaN for nodata.
+        """
         out_h, out_w = (int(v) for v in out_size)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"out_size must be positive, got {out_size}")
@@ -496,7 +598,8 @@ class LargeImage:
         resample, support = _resampling((y1 - y0) / out_h, (x1 - x0) / out_w)
         c0, c1 = _span(x0, x1, out_w, lw, support)
         r0, r1 = _span(y0, y1, out_h, lh, support)
-        unique = sorted(set(self.bands))
+        unique = sorted({b - 1 for b in self.bands})
+        nodata = self.nodata
 
         def source_rows(k0: int, k1: int) -> tuple[int, int]:
             """Source rows that output rows ``[k0, k1)`` need."""
@@ -526,14 +629,14 @@ class LargeImage:
                 continue
             ty0, ty1 = y0 + (y1 - y0) * done / out_h, y0 + (y1 - y0) * ready / out_h
             box = (x0 - c0, ty0 - buffer_top, x1 - c0, ty1 - buffer_top)
-            pieces.append(_resize(buffer, box, (ready - done, out_w), resample))
+            pieces.append(_resize(buffer, box, (ready - done, out_w), resample, nodata))
             done = ready
             if done < out_h:
                 keep = max(buffer_top, source_rows(done, done + 1)[0])
                 # A copy, so the rest of the slab is freed before the next one arrives.
                 buffer, buffer_top = buffer[keep - buffer_top :].copy(), keep
         rgb = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        return rgb[:, :, [unique.index(b) for b in self.bands]]
+        return rgb[:, :, [unique.index(b - 1) for b in self.bands]]
 
     def _read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         try:
@@ -567,8 +670,19 @@ class LargeImage:
         )
 
 
+def _gdal_source(location: str | Path, what: str) -> _Source:
+    """The GDAL backend for ``location``, or a one-line error saying how to get it."""
+    if not gdal.available():
+        raise ImageReadError(location, f"{what} needs GDAL: {gdal.INSTALL_HINT}")
+    return gdal.GdalSource(str(location))
+
+
 def _open_source(path: Path) -> _Source:
-    """Pick the backend from the file's magic bytes, not its extension."""
+    """Pick the backend from the file's magic bytes, not its extension.
+
+    TIFF, PNG and JPEG have their own readers; anything else goes to GDAL when it is
+    installed, which recognises or refuses it.
+    """
     with open(path, "rb") as f:
         head = f.read(32)
     if not head:
@@ -589,8 +703,22 @@ def _open_source(path: Path) -> _Source:
         raise ImageReadError(
             path, f"cannot parse image header, file is corrupt or truncated ({exc})"
         ) from exc
+    known = gdal.gdal_format_name(head)
+    if known is not None:
+        return _gdal_source(path, f"a {known} file")
+    if gdal.available():
+        try:
+            return gdal.GdalSource(str(path))
+        except ImageReadError:
+            raise ImageReadError(
+                path,
+                f"not a supported image (not TIFF, PNG, JPEG or any format GDAL reads); "
+                f"starts with {head[:8]!r}",
+            ) from None
     raise ImageReadError(
-        path, f"not a supported image (TIFF, PNG or JPEG); starts with {head[:8]!r}"
+        path,
+        f"not a supported image (TIFF, PNG or JPEG; other formats need GDAL: "
+        f"{gdal.INSTALL_HINT}); starts with {head[:8]!r}",
     )
 
 
@@ -604,15 +732,18 @@ def open_image(
     """Open an image without decoding its pixels.
 
     Args:
-        path: TIFF/BigTIFF/GeoTIFF, PNG or JPEG file; the format is sniffed from the
-            content.
-        bands: Zero-based source bands for R, G, B (three indices) or grey (one).
-            ``None``: first three bands, a single band as grey; two-band images must
-            choose.
+        path: TIFF/BigTIFF/GeoTIFF, PNG or JPEG file (the format is sniffed from the
+            content); with the GDAL backend installed also JPEG2000, VRT, NITF and any
+            raster GDAL reads, and remote images (``https://``, ``s3://``, ``gs://``,
+            ``/vsi...``), fetched by byte ranges.
+        bands: 1-based source bands for R, G, B (three numbers) or grey (one), as in
+            GDAL. ``None``: the bands the file calls red, green and blue; else a single
+            band as grey, or bands 1-3 with :attr:`LargeImage.band_notice` set; two-band
+            images must choose.
         percentiles: ``(low, high)`` per-band percentiles mapped to 0 and 255 for
-            16-bit, float and other non-8-bit data, measured on a low-resolution view.
-            ``None`` maps the data type's full range (floats: ``[0, 1]``). 8-bit data
-            is never stretched.
+            16-bit, float and other non-8-bit data, measured on a low-resolution view
+            without nodata pixels. ``None`` maps the data type's full range (floats:
+            ``[0, 1]``). 8-bit data is never stretched.
         max_pixels: Refuse images with more pixels than this (decompression-bomb
             guard); ``None`` disables the check.
 
@@ -621,31 +752,42 @@ def open_image(
 
     Raises:
         ImageReadError: Missing file, not an image, corrupt or truncated file,
-            zero-sized image, too many pixels, or bands that cannot be shown as RGB.
+            zero-sized image, too many pixels, bands that cannot be shown as RGB, or
+            a format or URL that needs the GDAL backend when it is not installed.
     """
-    path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "no such file")
-    if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
+    location: Path | str
+    if gdal.is_remote(str(path)):
+        location = str(path)
+    else:
+        location = Path(path)
+        if not location.exists():
+            raise ImageReadError(location, "no such file")
+        if not location.is_file():
+            raise ImageReadError(location, "not a regular file")
     checked = None if percentiles is None else validate_percentiles(percentiles)
-    source = _open_source(path)
+    if isinstance(location, str):
+        source = _gdal_source(location, "a remote image")
+    else:
+        source = _open_source(location)
     try:
         height, width = source.sizes[0]
         if height < 1 or width < 1:
-            raise ImageReadError(path, f"zero-sized image ({height}x{width})")
+            raise ImageReadError(location, f"zero-sized image ({height}x{width})")
         if max_pixels is not None and height * width > max_pixels:
             raise ImageReadError(
-                path,
+                location,
                 f"{height}x{width} = {height * width:,} pixels exceeds the limit of "
                 f"{max_pixels:,} (decompression-bomb guard); pass max_pixels=None or set "
                 f"{MAX_PIXELS_ENV}=0 to disable it",
             )
+        meaning = None
+        if bands is None and source.num_bands > 1:
+            meaning = rgb_from_meaning(source.georeference(), source.num_bands)
         try:
-            rgb = resolve_bands(source.num_bands, bands)
+            choice = resolve_bands(source.num_bands, bands, meaning)
         except ValueError as exc:
-            raise ImageReadError(path, str(exc)) from None
+            raise ImageReadError(location, str(exc)) from None
     except BaseException:
         source.close()
         raise
-    return LargeImage(path, source, rgb, checked)
+    return LargeImage(location, source, choice, checked)

@@ -1,0 +1,246 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from lrsvqa.imagery.errors import ImageReadError
+from lrsvqa.imagery.reader import open_image
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.enums import ColorInterp  # noqa: E402
+from rasterio.transform import Affine  # noqa: E402
+
+H, W = 96, 128
+# A rotated transform, so row and column terms are both checked.
+TRANSFORM = Affine(10.0, 2.0, 500_000.0, 1.5, -10.0, 4_200_000.0)
+
+
+def _pixels(bands: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 4000, (bands, H, W), dtype=np.uint16)
+
+
+def _write(path: Path, data: np.ndarray, driver: str = "GTiff", **profile: object) -> Path:
+    with rasterio.open(
+        path, "w", driver=driver, width=W, height=H, count=data.shape[0], dtype=data.dtype,
+        crs="EPSG:32633", transform=TRANSFORM, **profile,
+    ) as ds:  # fmt: skip
+        ds.write(data)
+    return path
+
+
+def test_geotiff_georeference_matches_gdal(tmp_path: Path) -> None:
+    path = _write(tmp_path / "geo.tif", _pixels(4), nodata=0)
+    with rasterio.open(path, "r+") as ds:
+        ds.descriptions = ("Blue", "Green", "Red", "NIR")
+    with open_image(path) as image:
+        georef = image.georef
+        assert georef.epsg == 32633 and georef.crs == "EPSG:32633"
+        assert georef.geotransform == pytest.approx(TRANSFORM.to_gdal())
+        assert georef.nodata == 0
+        assert georef.descriptions == ("Blue", "Green", "Red", "NIR")
+        # Bands follow their meaning: red is band 3, blue band 1.
+        assert image.bands == (3, 2, 1) and image.band_notice is None
+        for col, row in ((0, 0), (W, H), (17.5, 3.25)):
+            assert georef.pixel_to_map(col, row) == pytest.approx(TRANSFORM @ (col, row))
+
+
+def test_pixel_is_point_is_shifted_like_gdal(tmp_path: Path) -> None:
+    data = np.zeros((H, W), np.uint8)
+    path = tmp_path / "point.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        extratags=[
+            (33550, 12, 3, (2.0, 3.0, 0.0)),
+            (33922, 12, 6, (0.0, 0.0, 0.0, 1000.0, 2000.0, 0.0)),
+            (34735, 3, 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 2, 3072, 0, 1, 32633)),
+        ],
+    )
+    with rasterio.open(path) as ds:
+        expected = ds.transform.to_gdal()
+    with open_image(path) as image:
+        assert image.georef.geotransform == pytest.approx(expected)
+        assert image.georef.epsg == 32633
+
+
+def test_unlabelled_multiband_gets_a_notice(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bgrn.tif", _pixels(4), photometric="MINISBLACK")
+    with open_image(path) as image:
+        assert image.bands == (1, 2, 3)
+        assert image.band_notice is not None and "bands 1, 2, 3" in image.band_notice
+    with rasterio.open(path, "r+") as ds:
+        ds.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.nir]
+    with open_image(path) as image:
+        assert image.bands == (3, 2, 1) and image.band_notice is None
+
+
+def test_nodata_is_black_and_left_out_of_the_stretch(tmp_path: Path) -> None:
+    data = np.full((3, H, W), 1000, np.uint16)
+    data[:, :, W // 2 :] = 3000
+    data[:, : H // 2, : W // 4] = 0  # nodata corner
+    path = _write(tmp_path / "nd.tif", data, nodata=0)
+    with open_image(path, percentiles=(0, 100)) as image:
+        low, high = image.stretch_limits()
+        out = image.read_region((0, 0, W, H), (H, W))
+    # Nodata (0) is not the stretch's low end: valid data spans 1000..3000.
+    assert low == pytest.approx([1000] * 3) and high == pytest.approx([3000] * 3)
+    assert (out[: H // 2, : W // 4] == 0).all()
+    assert (out[H // 2 :, : W // 2] == 0).all() and (out[:, W // 2 :] == 255).all()
+    # Halving keeps the nodata/valid edge: no grey mix of nodata into valid pixels.
+    with open_image(path, percentiles=(0, 100)) as image:
+        half = image.read_region((0, 0, W, H), (H // 2, W // 2))
+    assert set(np.unique(half[:, :, 0])) <= {0, 255}
+
+
+def _vrt(source: Path) -> str:
+    """A VRT of one GeoTIFF, written out as GDAL's format describes it."""
+    gt = ", ".join(repr(v) for v in TRANSFORM.to_gdal())
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{source}</SourceFilename>'
+        f"<SourceBand>{b}</SourceBand>"
+        f'<SrcRect xOff="0" yOff="0" xSize="{W}" ySize="{H}"/>'
+        f'<DstRect xOff="0" yOff="0" xSize="{W}" ySize="{H}"/>'
+        f"</SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    return (
+        f'<VRTDataset rasterXSize="{W}" rasterYSize="{H}"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
+    )
+
+
+@pytest.mark.parametrize("driver", ["JP2OpenJPEG", "VRT"])
+def test_gdal_only_formats_open_through_the_gdal_backend(tmp_path: Path, driver: str) -> None:
+    data = _pixels(3, seed=1).astype(np.uint8)
+    tif = _write(tmp_path / "src.tif", data, photometric="RGB")
+    if driver == "VRT":
+        path = tmp_path / "mosaic.vrt"
+        path.write_text(_vrt(tif))
+    else:
+        path = _write(tmp_path / "img.jp2", data, driver=driver, QUALITY=100, REVERSIBLE="YES")
+    with open_image(path, max_pixels=None) as image:
+        assert (image.height, image.width) == (H, W)
+        assert image.georef.epsg == 32633
+        assert image.georef.geotransform == pytest.approx(TRANSFORM.to_gdal())
+        window = image.read_region((8, 4, 40, 36), (32, 32))
+    np.testing.assert_array_equal(window, np.moveaxis(data, 0, -1)[4:36, 8:40])
+    with pytest.raises(ImageReadError, match="exceeds the limit"):
+        open_image(path, max_pixels=100)
+
+
+def test_pyramid_prints_georeference_and_bands(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.cli import app
+
+    path = _write(tmp_path / "geo.tif", _pixels(4), nodata=0, photometric="MINISBLACK")
+    result = CliRunner().invoke(app, ["pyramid", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "CRS: EPSG:32633" in result.output
+    assert "geotransform: 500000, 10, 2, 4200000, 1.5, -10" in result.output
+    assert "nodata: 0" in result.output
+    assert "notice: showing bands 1, 2, 3" in result.output
+    result = CliRunner().invoke(app, ["pyramid", str(path), "--bands", "4,3,2"])
+    assert "shown as R, G, B: bands 4, 3, 2" in result.output and "notice" not in result.output
+
+
+class _CountingRangeServer:
+    """A loopback HTTP server that answers byte-range requests and counts bytes served."""
+
+    def __init__(self, root: Path) -> None:
+        import http.server
+        import threading
+
+        server = self
+        self.bytes_served = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _body(self) -> bytes | None:
+                file = root / self.path.lstrip("/")
+                if not file.is_file():
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                data = file.read_bytes()
+                spec = self.headers.get("Range")
+                if spec and spec.startswith("bytes="):
+                    first, _, last = spec[6:].split(",")[0].partition("-")
+                    start, end = int(first), min(int(last or len(data) - 1), len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                    data = data[start : end + 1]
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                return data
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._body()
+
+            def do_GET(self) -> None:  # noqa: N802
+                data = self._body()
+                if data:
+                    server.bytes_served += len(data)
+                    self.wfile.write(data)
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_remote_cog_reads_a_small_fraction_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lrsvqa.imagery.texture import render_texture
+    from lrsvqa.imagery.tiles import PyramidReader
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    side = 4096
+    texture = render_texture(0, 0, side, side)
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(
+        plain, "w", driver="GTiff", width=side, height=side, count=3, dtype="uint8",
+        crs="EPSG:32633", transform=TRANSFORM, tiled=True, photometric="RGB",
+    ) as ds:  # fmt: skip
+        ds.write(np.moveaxis(texture, -1, 0))
+    served = tmp_path / "served"
+    served.mkdir()
+    cog = served / "scene.tif"
+    from rasterio.shutil import copy as copy_raster
+
+    copy_raster(plain, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256)
+    server = _CountingRangeServer(served)
+    try:
+        with PyramidReader.open(f"{server.url}/scene.tif", tile_size=336) as reader:
+            assert reader.image.georef.epsg == 32633
+            assert len(reader.image.level_sizes) > 1
+            reader.thumbnail()
+            tiles = reader.tiles(reader.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
+        with pytest.raises(ImageReadError, match="missing.tif"):
+            open_image(f"{server.url}/missing.tif")
+    finally:
+        server.close()
+    fraction = server.bytes_served / cog.stat().st_size
+    print(f"fetched {server.bytes_served} of {cog.stat().st_size} bytes ({fraction:.1%})")
+    assert fraction < 0.1, f"fetched {fraction:.1%} of the file"
+    with PyramidReader.open(cog, tile_size=336) as local:
+        expected = local.tiles(local.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
+    for remote_tile, local_tile in zip(tiles, expected, strict=True):
+        np.testing.assert_array_equal(remote_tile, local_tile)
