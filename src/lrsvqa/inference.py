@@ -94,8 +94,14 @@ def trace_geojson(
             features.append(
                 _feature(
                     georef.box_ring(level.tile_image_box(row, col)),
-                    {"kind": "tile", "level": trace.level, "row": row, "col": col,
-                     "score": score, "decision": trace.decision},
+                    {
+                        "kind": "tile",
+                        "level": trace.level,
+                        "row": row,
+                        "col": col,
+                        "score": score,
+                        "decision": trace.decision,
+                    },
                 )  # fmt: skip
             )
     final = geometry.levels[result.final_level - 1]
@@ -105,8 +111,13 @@ def trace_geojson(
         features.append(
             _feature(
                 georef.box_ring(box),
-                {"kind": "token", "level": result.final_level, "row": row, "col": col,
-                 "score": score},
+                {
+                    "kind": "token",
+                    "level": result.final_level,
+                    "row": row,
+                    "col": col,
+                    "score": score,
+                },
             )  # fmt: skip
         )
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
