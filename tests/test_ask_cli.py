@@ -86,3 +86,49 @@ def test_ask_reports_bad_inputs_clearly(files, tmp_path):
     )
     assert wrong.exit_code != 0
     assert "cannot load a LLaVA model" in str(wrong.exception) + wrong.output
+
+
+def test_ask_geojson_in_the_image_crs(files, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    from lrsvqa.imagery.pyramid import build_pyramid
+
+    root, model_dir = files
+    transform = Affine(0.5, 0.0, 330_000.0, 0.0, -0.5, 5_600_000.0)
+    pixels = np.asarray(Image.open(root / "scene.png"))
+    path = tmp_path / "geo.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=1500, height=2100, count=3, dtype="uint8",
+        crs="EPSG:32631", transform=transform, photometric="RGB", tiled=True,
+    ) as ds:  # fmt: skip
+        ds.write(np.moveaxis(pixels, -1, 0))
+    out = tmp_path / "where.geojson"
+    result = CliRunner().invoke(
+        app,
+        ["ask", str(path), "what color is the ship?", "--model", str(model_dir),
+         "--rfm", str(root / "rfm"), "--max-new-tokens", "2", "--json", "--geojson", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    trace = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("{")))
+    assert trace["image"]["georeference"]["epsg"] == 32631
+    collection = json.loads(out.read_text())
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32631"
+    geometry = build_pyramid(2100, 1500)
+    tiles = [f for f in collection["features"] if f["properties"]["kind"] == "tile"]
+    tokens = [f for f in collection["features"] if f["properties"]["kind"] == "token"]
+    assert len(tiles) == sum(len(level["tiles_encoded"]) for level in trace["levels"])
+    assert len(tokens) == trace["retained_tokens"]
+    for feature in tiles:
+        p = feature["properties"]
+        x0, y0, x1, y1 = geometry.levels[p["level"] - 1].tile_image_box(p["row"], p["col"])
+        ring = feature["geometry"]["coordinates"][0]
+        assert ring[0] == pytest.approx(list(transform @ (x0, y0)))
+        assert ring[2] == pytest.approx(list(transform @ (x1, y1)))
+        assert 0.0 <= p["score"] <= 1.0
+    for level in {f["properties"]["level"] for f in tiles}:
+        total = sum(f["properties"]["score"] for f in tiles if f["properties"]["level"] == level)
+        assert total == pytest.approx(1.0, abs=1e-4)
+    # Map coordinates lie inside the image footprint.
+    xs = [x for f in collection["features"] for x, _ in f["geometry"]["coordinates"][0]]
+    assert min(xs) >= 330_000.0 - 1e-6 and max(xs) <= 330_000.0 + 750.0 + 1e-6

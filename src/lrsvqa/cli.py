@@ -43,7 +43,7 @@ def _int_list(text: str | None) -> list[int] | None:
 
 @app.command()
 def ask(
-    image: Path = typer.Argument(..., help="Large image (GeoTIFF/TIFF/PNG/JPEG)."),
+    image: str = typer.Argument(..., help="Large image (GeoTIFF/TIFF/PNG/JPEG, JP2, VRT, URL)."),
     question: str = typer.Argument(..., help="The question."),
     model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id."),
     rfm: Path | None = typer.Option(None, help="Trained RFM folder; training-free if omitted."),
@@ -58,6 +58,9 @@ def ask(
     device: str = typer.Option("cpu", help="Torch device."),
     overlay: Path | None = typer.Option(None, help="Write a PNG of attention + selected tiles."),
     json_out: bool = typer.Option(False, "--json", help="Print the trace as JSON."),
+    geojson: Path | None = typer.Option(
+        None, help="Write the tiles and retained tokens as GeoJSON in the image's CRS."
+    ),
 ) -> None:
     """Answer a question about a large image with coarse-to-fine inference.
 
@@ -68,7 +71,7 @@ def ask(
     from rich.console import Console
 
     from lrsvqa.inference import ask as run_ask
-    from lrsvqa.inference import load_model, trace_table
+    from lrsvqa.inference import load_model, trace_geojson, trace_table
     from lrsvqa.pruning.coarse_to_fine import CoarseToFineConfig
 
     console = Console()
@@ -79,11 +82,22 @@ def ask(
     result, reader = run_ask(
         loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
     )
+    image_info = reader.image.describe()
     if json_out:
-        print(json.dumps({"answer": result.answer, **result.trace_dict()}))
+        print(json.dumps({"answer": result.answer, **result.trace_dict(), "image": image_info}))
     else:
         console.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {result.answer}")
         console.print(trace_table(result))
+        georef = image_info["georeference"]
+        console.print(f"image CRS: {georef['crs'] or 'none'}, bands shown {image_info['bands']}")
+        if image_info["band_notice"]:
+            console.print(f"notice: {image_info['band_notice']}", markup=False)
+    if geojson is not None:
+        collection = trace_geojson(
+            result, reader.geometry, reader.image.georef, loaded.adapter.tokens_per_side
+        )
+        geojson.write_text(json.dumps(collection), encoding="utf-8")
+        console.print(f"GeoJSON written to {geojson}")
     if overlay is not None:
         from lrsvqa.viz import save_attention_overlay
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
+from lrsvqa.imagery.georef import GeoReference
+from lrsvqa.imagery.pyramid import PyramidGeometry
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.pruning.coarse_to_fine import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
@@ -67,6 +70,70 @@ def ask(
     )
     c2f = CoarseToFine(loaded.adapter, loaded.rfm, config or CoarseToFineConfig())
     return c2f.run(reader, question), reader
+
+
+def trace_geojson(
+    result: CoarseToFineResult,
+    geometry: PyramidGeometry,
+    georef: GeoReference,
+    tokens_per_side: int,
+) -> dict[str, Any]:
+    """Where c2f looked, as a GeoJSON FeatureCollection in the image's CRS.
+
+    One polygon per tile encoded at each level (``kind="tile"``, its share of the
+    level's RFM score) and per retained token (``kind="token"``, its score), with the
+    level (1 = coarsest) and grid position. Coordinates are map coordinates through
+    the image's geotransform, or pixel ``(column, row)`` where it has none; an EPSG
+    CRS is named in the (pre-RFC 7946) ``crs`` member that QGIS and GDAL read.
+    """
+    features = []
+    for trace in result.levels:
+        level = geometry.levels[trace.level - 1]
+        scores = trace.tile_scores or [None] * len(trace.tiles_encoded)
+        for (row, col), score in zip(trace.tiles_encoded, scores, strict=True):
+            features.append(
+                _feature(
+                    georef.box_ring(level.tile_image_box(row, col)),
+                    {
+                        "kind": "tile",
+                        "level": trace.level,
+                        "row": row,
+                        "col": col,
+                        "score": score,
+                        "decision": trace.decision,
+                    },
+                )  # fmt: skip
+            )
+    final = geometry.levels[result.final_level - 1]
+    scores = result.retained_scores or [None] * len(result.retained_positions)
+    for (row, col), score in zip(result.retained_positions, scores, strict=True):
+        box = final.token_image_box(row, col, tokens_per_side)
+        features.append(
+            _feature(
+                georef.box_ring(box),
+                {
+                    "kind": "token",
+                    "level": result.final_level,
+                    "row": row,
+                    "col": col,
+                    "score": score,
+                },
+            )  # fmt: skip
+        )
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    if georef.epsg is not None:
+        name = f"urn:ogc:def:crs:EPSG::{georef.epsg}"
+        collection["crs"] = {"type": "name", "properties": {"name": name}}
+    collection["coordinates"] = "map" if georef.geotransform is not None else "pixel"
+    return collection
+
+
+def _feature(ring: list[list[float]], properties: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": properties,
+    }
 
 
 def trace_table(result: CoarseToFineResult) -> Table:

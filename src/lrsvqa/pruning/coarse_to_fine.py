@@ -82,6 +82,7 @@ class LevelTrace:
     decision: str
     next_tiles: list[tuple[int, int]] = field(default_factory=list)
     tile_boxes: list[Box] = field(default_factory=list)
+    tile_scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class CoarseToFineResult:
     final_level: int
     retained_positions: list[tuple[int, int]]
     coarse_scores: np.ndarray | None = None
+    retained_scores: list[float] = field(default_factory=list)
 
     @property
     def selected_boxes(self) -> list[Box]:
@@ -245,6 +247,7 @@ class CoarseToFine:
                 tokens_kept=len(keep),
                 decision="prune",
                 tile_boxes=[_rounded(level.tile_image_box(r, c)) for r, c in tiles],
+                tile_scores=self._tile_scores(tiles, sorted_positions, scores, g),
             )
             traces.append(trace)
             if level_index < last_level:
@@ -281,6 +284,7 @@ class CoarseToFine:
             final_level=level_index + 1,
             retained_positions=[tuple(p) for p in retained_positions.tolist()],
             coarse_scores=coarse_scores,
+            retained_scores=scores[torch.as_tensor(keep_sorted, dtype=torch.long)].tolist(),
         )
 
     def score_level(
@@ -305,6 +309,16 @@ class CoarseToFine:
         """
         scores = self.rfm.vision_scores(embeds, vision_slice)[torch.as_tensor(hr_index)]
         return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)
+
+    @staticmethod
+    def _tile_scores(
+        tiles: list[tuple[int, int]], positions: np.ndarray, scores: torch.Tensor, g: int
+    ) -> list[float]:
+        """Each encoded tile's share of the level's RFM score (its tokens' scores summed)."""
+        totals = {tile: 0.0 for tile in tiles}
+        for (row, col), score in zip(positions.tolist(), scores.float().tolist(), strict=True):
+            totals[(row // g, col // g)] += score
+        return [round(totals[tile], 6) for tile in tiles]
 
     @staticmethod
     def _score_map(
