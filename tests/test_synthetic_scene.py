@@ -182,8 +182,9 @@ def test_painting_resampled_objects_matches_rendering_them() -> None:
         paint_resampled(small, (x0, y0, x1, y1), [shape])
         error = np.abs(small - _halve(scene.render_window(y0, x0, h, w)))
         # Edge pixels blend the object with the mean of all ground under them, not of
-        # the uncovered part only: a few grey levels, rare.
-        assert error.mean() < 0.5 and error.max() <= 12
+        # the uncovered part only: rare, and a few grey levels except beside a
+        # facility's high-contrast markings (quays, painted rows).
+        assert error.mean() < 0.5 and error.max() <= 24
         centre = small[round((shape.cy - y0) / 2), round((shape.cx - x0) / 2)]
         assert np.abs(centre.astype(int) - COLORS[shape.color]).max() <= 3
 
@@ -207,95 +208,19 @@ def test_added_objects_are_apart_from_the_scene_and_take_new_colours() -> None:
     assert colours == set(COLORS)
 
 
-def _site_distance(shape, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Full-resolution distance of each pixel centre of a window from the shape's centre."""
-    ys = y0 + np.arange(h) + 0.5 - shape.cy
-    xs = x0 + np.arange(w) + 0.5 - shape.cx
-    return np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
+def test_candidates_stand_in_facilities_of_their_category() -> None:
+    """Objects added in training keep the world's cue: the setting tells the category."""
+    from lrsvqa.synthetic.facilities import FACILITY_KINDS
+    from lrsvqa.synthetic.scene import candidate_placements
 
-
-@pytest.mark.parametrize("spec", SPECS[:3], ids=lambda s: f"seed{s.seed}")
-def test_sites_lighten_the_ground_around_each_object_and_nothing_else(spec: SceneSpec) -> None:
-    import dataclasses
-
-    from lrsvqa.synthetic.objects import SITE_LIGHTEN
-
-    scene = _sited(spec)
-    bare = dataclasses.replace(scene, shapes=())
-    for shape in scene.shapes:
-        r = shape.site_radius
-        x0, y0 = max(0, math.floor(shape.cx - r - 8)), max(0, math.floor(shape.cy - r - 8))
-        x1 = min(spec.width, math.ceil(shape.cx + r + 8))
-        y1 = min(spec.height, math.ceil(shape.cy + r + 8))
-        h, w = y1 - y0, x1 - x0
-        ground = bare.render_window(y0, x0, h, w).astype(float)
-        seen = scene.render_window(y0, x0, h, w).astype(float)
-        distance = _site_distance(shape, y0, x0, h, w)
-        fx, fy, near = shape.footprint(OUTLINE_WIDTH + 1)
-        body = np.zeros((h, w), dtype=bool)
-        body[fy - y0 : fy - y0 + near.shape[0], fx - x0 : fx - x0 + near.shape[1]] = near
-        inside = (distance < r - 1) & ~body
-        lifted = ground + SITE_LIGHTEN * (255 - ground)
-        assert np.abs(seen[inside] - lifted[inside]).max() <= 1
-        assert np.array_equal(seen[distance > r + 1], ground[distance > r + 1])
-
-
-def test_sites_scale_with_the_scene_and_never_cover_another_object() -> None:
-    from lrsvqa.synthetic.objects import SITE_MIN_RADIUS, SITE_RADIUS_SHARE
-    from lrsvqa.synthetic.scene import MIN_GAP
-
-    for spec in [*SPECS, SceneSpec(seed=6, height=16384, width=12288)]:
-        shapes = _sited(spec).shapes
-        expected = max(SITE_MIN_RADIUS, SITE_RADIUS_SHARE * max(spec.height, spec.width))
-        assert all(s.site_radius == expected for s in shapes)
-        for a, b in itertools.combinations(shapes, 2):
-            gap = math.hypot(a.cx - b.cx, a.cy - b.cy)
-            assert gap >= a.site_radius + b.site_radius + MIN_GAP
-
-
-def test_a_site_is_a_bright_blob_at_the_coarsest_level_of_a_16k_scene() -> None:
-    """Where to zoom shows at the coarsest DIP level; what is there does not (see above)."""
-    spec = SceneSpec(seed=6, height=16384, width=16384)
-    scene = _sited(spec)
-    level = build_pyramid(spec.height, spec.width).levels[0]
-    block = round(spec.width / level.resized_size[1])
-    for shape in scene.shapes[:4]:
-        diameter = 2 * shape.site_radius / block
-        assert 8 <= diameter <= 16
-        blocks = round(2 * shape.site_radius / block) + 6
-        y0 = int(shape.cy // block - blocks // 2) * block
-        x0 = int(shape.cx // block - blocks // 2) * block
-        y0, x0 = max(0, y0), max(0, x0)
-        rows = min(blocks, (spec.height - y0) // block)
-        cols = min(blocks, (spec.width - x0) // block)
-        window = scene.render_window(y0, x0, rows * block, cols * block).astype(float)
-        pixels = window.reshape(rows, block, cols, block, 3).mean(axis=(1, 3)).mean(axis=-1)
-        cy = (np.arange(rows) + 0.5) * block + y0 - shape.cy
-        cx = (np.arange(cols) + 0.5) * block + x0 - shape.cx
-        distance = np.sqrt(cy[:, None] ** 2 + cx[None, :] ** 2)
-        on_site = pixels[distance < shape.site_radius - block]
-        around = pixels[distance > shape.site_radius + block]
-        assert on_site.mean() > around.mean() + 40
-
-
-def test_painting_a_resampled_site_matches_a_downsampled_render() -> None:
-    import dataclasses
-
-    from lrsvqa.synthetic.objects import paint_resampled
-
-    scene = _sited(SPECS[1])
-    bare = dataclasses.replace(scene, shapes=())
-    for shape in scene.shapes[:3]:
-        r = math.ceil(shape.site_radius) + 8
-        x0, y0 = math.floor(shape.cx) - r, math.floor(shape.cy) - r
-        if x0 < 0 or y0 < 0 or x0 + 2 * r > SPECS[1].width or y0 + 2 * r > SPECS[1].height:
-            continue
-        for factor in (2, 4):
-            small = bare.render_window(y0, x0, 2 * r, 2 * r).astype(float)
-            small = small.reshape(2 * r // factor, factor, 2 * r // factor, factor, 3)
-            small = np.rint(small.mean(axis=(1, 3))).astype(np.uint8)
-            paint_resampled(small, (x0, y0, x0 + 2 * r, y0 + 2 * r), [shape])
-            render = scene.render_window(y0, x0, 2 * r, 2 * r).astype(float)
-            render = render.reshape(2 * r // factor, factor, 2 * r // factor, factor, 3)
-            error = np.abs(small - render.mean(axis=(1, 3)))
-            assert error.mean() < 1.0 and np.percentile(error, 99) <= 12, (factor, error.max())
+    scene = generate_scene(SPECS[2])
+    placements = candidate_placements(scene, 60, seed=1)
+    assert len(placements) == 60
+    assert {p.facility for p in placements} == set(range(len(scene.facilities)))
+    for placement in placements:
+        facility = scene.facilities[placement.facility]
+        label = placement.label()
+        assert FACILITY_KINDS[label.category].name == facility.kind.name == placement.facility_name
+        assert facility.x0 <= placement.shape.cx <= facility.x1
+        assert facility.y0 <= placement.shape.cy <= facility.y1
+        assert placement.shape.site_radius == 0

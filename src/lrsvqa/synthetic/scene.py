@@ -177,11 +177,13 @@ class Placement:
 
     shape: SceneObject
     background: str
-    setting: str
+    setting: str | None
+    facility: int | None = None
+    facility_name: str | None = None
 
     def label(self) -> LabeledObject:
         """The object's label."""
-        return self.shape.label(self.background, self.setting)
+        return self.shape.label(self.background, self.setting, self.facility, self.facility_name)
 
 
 @dataclass
@@ -438,16 +440,37 @@ def generate_scene(spec: SceneSpec) -> Scene:
 
 
 def candidate_placements(scene: Scene, count: int, seed: int) -> list[Placement]:
-    """Up to ``count`` placements that suit ``scene``'s terrain but ignore each other.
+    """Up to ``count`` placements in ``scene``'s facilities (empty ones too), apart or not.
 
-    Checking habitat, background and setting is what makes placing objects slow;
-    done once here, :func:`add_objects` can then draw many fresh layouts cheaply.
+    Objects of a category stand only in facilities of its kind, as in
+    :func:`generate_scene`, so examples built from them keep the world's cue: the setting
+    seen at coarse scale tells where the object a question names can be. Checking fit
+    and surroundings is what makes placing slow; done once here, :func:`add_objects` can
+    then draw many fresh layouts cheaply.
     """
     rng = np.random.default_rng(seed)
-    placer = _Placer.create(rng, scene.terrain)
-    names = list(CATEGORIES)
-    found = (placer.candidate(names[n % len(names)]) for n in range(count))
-    return [placement for placement in found if placement is not None]
+    found: list[Placement] = []
+    if not scene.facilities:
+        return found
+    for n in range(count * 3):
+        if len(found) == count:
+            break
+        index = n % len(scene.facilities)
+        facility = scene.facilities[index]
+        # A fresh placer per proposal: candidates ignore each other, only the terrain.
+        placer = _Placer(rng, scene.terrain, np.empty((0, 2)), np.empty((0, 2)), 0.0, [], [])
+        if _fill_facility(placer, facility, index, 1):
+            label = placer.labels[0]
+            found.append(
+                Placement(
+                    placer.shapes[0],
+                    str(label.attributes["background"]),
+                    label.attributes.get("setting"),
+                    index,
+                    facility.kind.name,
+                )
+            )
+    return found
 
 
 def add_objects(
