@@ -108,7 +108,7 @@ class DefaultModelConfig:
     hidden_size: int = 128
     vision_hidden_size: int = 64
     num_layers: int = 6
-    sft_steps: int = 1500
+    sft_steps: int = 3000
     batch_size: int = 8
     learning_rate: float = 5e-4
     finest_level_share: float = 0.9
@@ -130,7 +130,7 @@ class DefaultModelConfig:
     seed: int = 0
     rfm_layers: tuple[int, ...] = (0, 2, 5)
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
-    distill_steps: int = 200
+    distill_steps: int = 400
     distill_lr: float = 1e-4
 
     def _hash(self, fields: dict[str, Any]) -> str:
