@@ -36,13 +36,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lrsvqa.budgets import VISIONZIP_RETAINED
 from lrsvqa.flops import STRATEGY_NAMES, CountOptions, ModelDims, count_strategy
 from lrsvqa.imagery.writer import write_pyramidal_tiff
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
-from lrsvqa.pruning.base import StrategyResult
-from lrsvqa.pruning.budgets import VISIONZIP_RETAINED
-from lrsvqa.pruning.registry import build_strategy
-from lrsvqa.pruning.strategies import shared_adapter
+from lrsvqa.strategies.base import StrategyResult
+from lrsvqa.strategies.builtin import shared_adapter
+from lrsvqa.strategies.registry import build_strategy
 
 # Published dimensions (config.json of Qwen2-7B-Instruct and Vicuna-7B-v1.5), as
 # LLaVA-NeXT configs with the CLIP-L/14-336 tower.

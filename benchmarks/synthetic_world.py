@@ -29,11 +29,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.app.default_model import build_default_model, default_home
 from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
 from lrsvqa.bench.templates import generate_questions, write_lrsvqa_jsonl
-from lrsvqa.synthetic.default_model import build_default_model, default_home
+from lrsvqa.labels import LabeledObject
 from lrsvqa.synthetic.world import generate_world
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "synthetic_world"

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lrsvqa.cli import app
+from lrsvqa.app.cli import app
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava

@@ -8,6 +8,7 @@ from PIL import Image
 from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
 from lrsvqa.bench.runner import summarize_trace
+from lrsvqa.budgets import pdrop_layers, vision_tokens_per_layer, visionzip_split
 from lrsvqa.flops import (
     STRATEGY_NAMES,
     CountOptions,
@@ -15,24 +16,23 @@ from lrsvqa.flops import (
     c2f_tiles_from_trace,
     count_strategy,
 )
+from lrsvqa.imagery.anyres import AnyresGeometry, grid_pinpoints, select_best_resolution
 from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.models.tiny import CHAT_TEMPLATE, build_tiny_llava, save_tiny_llava
-from lrsvqa.pruning.anyres import AnyresGeometry, grid_pinpoints, select_best_resolution
-from lrsvqa.pruning.base import Strategy
-from lrsvqa.pruning.budgets import pdrop_layers, vision_tokens_per_layer, visionzip_split
-from lrsvqa.pruning.coarse_to_fine import CoarseToFineResult, LevelTrace
-from lrsvqa.pruning.llm_pruning import StagedDecoder
-from lrsvqa.pruning.prumerge import iqr_outliers, merge_neighbours, prumerge_crops, select_tokens
-from lrsvqa.pruning.registry import build_strategy
-from lrsvqa.pruning.strategies import (
+from lrsvqa.models.vision_attention import _encoder_parts, encode_with_cls_attention
+from lrsvqa.strategies.base import Strategy
+from lrsvqa.strategies.builtin import (
     AnyresImage,
     AnyresStrategy,
     CoarseToFineStrategy,
     anyres_sequence,
     shared_adapter,
 )
-from lrsvqa.pruning.vision_attention import _encoder_parts, encode_with_cls_attention
-from lrsvqa.pruning.visionzip import visionzip_crops
+from lrsvqa.strategies.c2f import CoarseToFineResult, LevelTrace
+from lrsvqa.strategies.llm_drop import StagedDecoder
+from lrsvqa.strategies.prumerge import iqr_outliers, merge_neighbours, prumerge_crops, select_tokens
+from lrsvqa.strategies.registry import build_strategy
+from lrsvqa.strategies.visionzip import visionzip_crops
 from tests.tiny_models import WORDS, random_image, tiny_adapter, vanilla_generate
 
 QUESTION = "what color is the ship ?"

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from lrsvqa.app.cli import app
 from lrsvqa.bench.answers import AnswerFileError, AnswerLog, read_answers, shard_path
 from lrsvqa.bench.datasets import BenchItem, load_benchmark
 from lrsvqa.bench.runner import EvalConfig, evaluate, run_items, shard_items, summarize_trace
-from lrsvqa.cli import app
-from lrsvqa.pruning.base import StrategyResult
-from lrsvqa.pruning.registry import available_strategies, build_strategy, register_strategy
+from lrsvqa.strategies.base import StrategyResult
+from lrsvqa.strategies.registry import available_strategies, build_strategy, register_strategy
 
 THIS_FILE = Path(__file__).resolve()
 

@@ -7,6 +7,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from lrsvqa.app.cli import app
 from lrsvqa.bench.reports import build_report, report_to_markdown, score_answers
 from lrsvqa.bench.scoring import (
     extract_choice,
@@ -22,7 +23,6 @@ from lrsvqa.bench.wordnet import (
     max_path_similarity,
     wordnet,
 )
-from lrsvqa.cli import app
 
 REAL_QUESTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "LRS_VQA_merged.jsonl"
 
@@ -502,7 +502,7 @@ def test_report_prints_as_a_terminal_table():
 
 def test_cli_help_stays_light():
     code = (
-        "import sys; from lrsvqa.cli import app; "
+        "import sys; from lrsvqa.app.cli import app; "
         "heavy = [m for m in ('torch', 'nltk', 'lrsvqa.bench.runner') if m in sys.modules]; "
         "print(heavy)"
     )

@@ -6,13 +6,11 @@ import torch
 from PIL import Image
 
 from lrsvqa.imagery.pyramid import build_pyramid, grid_geometry
+from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions, top_alpha
 from lrsvqa.models.rfm import RegionFocusModule
-from lrsvqa.pruning.coarse_to_fine import (
+from lrsvqa.strategies.c2f import (
     CoarseToFine,
     CoarseToFineConfig,
-    layout_vision_tokens,
-    tile_token_positions,
-    top_alpha,
 )
 from tests.tiny_models import ArraySource, random_image, tiny_adapter, vanilla_generate
 

@@ -18,6 +18,7 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
+from lrsvqa.app.cli import app
 from lrsvqa.bench.construct.crops import context_window, run_crops
 from lrsvqa.bench.construct.llm import ApiSettings, ChatClient, RequestFailed
 from lrsvqa.bench.construct.pipeline import BuildConfig, build_benchmark
@@ -26,7 +27,6 @@ from lrsvqa.bench.construct.quality import Question, budget_size, evaluate, run_
 from lrsvqa.bench.construct.store import JsonlAppender, read_jsonl
 from lrsvqa.bench.construct.targets import run_targets
 from lrsvqa.bench.datasets import load_lrs_vqa
-from lrsvqa.cli import app
 
 Reply = tuple[int, Any, dict[str, str]]
 

@@ -5,11 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lrsvqa.bench.labels import LabeledObject
-from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.rfm import RegionFocusModule
-from lrsvqa.synthetic import CATEGORIES, COLORS
-from lrsvqa.synthetic.default_model import (
+from lrsvqa.app.default_model import (
     MIN_LABEL_SCALE,
     READY_NAME,
     DefaultModelConfig,
@@ -19,7 +15,11 @@ from lrsvqa.synthetic.default_model import (
     token_label_table,
     vocabulary,
 )
-from lrsvqa.synthetic.demo import run_demo
+from lrsvqa.app.demo import run_demo
+from lrsvqa.labels import LabeledObject
+from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.synthetic import CATEGORIES, COLORS
 
 MINI = DefaultModelConfig(
     train_scenes=2,
@@ -97,9 +97,9 @@ def test_demo_answers_and_writes_overlay(home, built, tmp_path):
 
 
 def test_sampler_keeps_target_tokens(built, home):
+    from lrsvqa.app.default_model import TrainingRecord, _record_targets
     from lrsvqa.bench.templates import generate_questions
     from lrsvqa.imagery.tiles import PyramidReader
-    from lrsvqa.synthetic.default_model import TrainingRecord, _record_targets
     from lrsvqa.synthetic.world import generate_world
 
     manifest = generate_world(
@@ -185,9 +185,9 @@ def _touching(level, tiles, target) -> np.ndarray:
 
 def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
     """search_share=1: up to 3 x 3 neighbouring tiles around the target, its tokens marked."""
+    from lrsvqa.app.default_model import TrainingRecord, _record_targets
     from lrsvqa.bench.templates import generate_questions
     from lrsvqa.imagery.tiles import PyramidReader
-    from lrsvqa.synthetic.default_model import TrainingRecord, _record_targets
 
     split = built.root / "world" / "train"
     entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
@@ -250,7 +250,7 @@ def test_recolor_moves_body_colours_by_the_permutation_and_keeps_the_ground():
 
 
 def test_default_recipe_is_keyed_by_the_world_generator(monkeypatch):
-    from lrsvqa.synthetic import default_model
+    from lrsvqa.app import default_model
 
     key = MINI.sft_key()
     monkeypatch.setattr(default_model, "GENERATOR_VERSION", default_model.GENERATOR_VERSION + 1)
@@ -314,8 +314,8 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
 
 def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
     """crowd_share=1: finest-level tiles of the target and of 1-3 other objects."""
+    from lrsvqa.app.default_model import TrainingRecord
     from lrsvqa.imagery.tiles import PyramidReader
-    from lrsvqa.synthetic.default_model import TrainingRecord
 
     split = built.root / "world" / "train"
     entry = json.loads((split / "manifest.json").read_text())["scenes"][0]

@@ -7,8 +7,8 @@ from PIL import Image
 
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.models.tiny import build_tiny_llava
-from lrsvqa.pruning.coarse_to_fine import layout_vision_tokens, tile_token_positions
 from lrsvqa.train.batch import embed_batch
 from lrsvqa.train.data import (
     ConversationDataset,

@@ -6,7 +6,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from lrsvqa.cli import app
+from lrsvqa.app.cli import app
 from lrsvqa.flops import (
     CountOptions,
     ModelDims,
@@ -224,7 +224,7 @@ def test_pooling_and_newlines_change_only_the_high_res_tokens():
 def test_every_registered_strategy_is_countable():
     # The package's own registry, read in a fresh interpreter: other tests register
     # test-only strategies in this process.
-    code = "from lrsvqa.pruning.registry import available_strategies as a; print(*a())"
+    code = "from lrsvqa.strategies.registry import available_strategies as a; print(*a())"
     listing = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     names = listing.stdout.decode().split()
     assert "fullres" in names and "c2f" in names

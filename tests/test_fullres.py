@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
-from lrsvqa.pruning.registry import build_strategy
+from lrsvqa.strategies.registry import build_strategy
 from tests.tiny_models import WORDS
 
 

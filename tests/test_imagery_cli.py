@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from lrsvqa.cli import app
-from lrsvqa.imagery.demo import run_pyramid_demo
+from lrsvqa.app.cli import app
+from lrsvqa.app.imagery_demo import run_pyramid_demo
 from lrsvqa.imagery.texture import render_texture
 from lrsvqa.imagery.writer import write_pyramidal_tiff
 

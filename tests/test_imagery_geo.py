@@ -136,7 +136,7 @@ def test_gdal_only_formats_open_through_the_gdal_backend(tmp_path: Path, driver:
 def test_pyramid_prints_georeference_and_bands(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from lrsvqa.cli import app
+    from lrsvqa.app.cli import app
 
     path = _write(tmp_path / "geo.tif", _pixels(4), nodata=0, photometric="MINISBLACK")
     result = CliRunner().invoke(app, ["pyramid", str(path)], terminal_width=200)

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from lrsvqa.bench.labels import read_json_labels
-from lrsvqa.cli import app
+from lrsvqa.app.cli import app
+from lrsvqa.labels import read_json_labels
 from lrsvqa.synthetic import Scene, SceneSpec, generate_scene, generate_world, world_specs
 from lrsvqa.synthetic import world as world_module
 

@@ -7,16 +7,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from lrsvqa.app.cli import app
 from lrsvqa.bench.datasets import load_lrs_vqa
-from lrsvqa.bench.labels import (
-    LabeledObject,
-    find_image,
-    iter_label_files,
-    read_dota,
-    read_fair1m,
-    read_geojson,
-    read_json_labels,
-)
 from lrsvqa.bench.templates import (
     COUNT_SHORT_ANSWER_PROMPT,
     REQUIRED_KEYS,
@@ -32,7 +24,15 @@ from lrsvqa.bench.templates import (
     to_llava_conversations,
     write_lrsvqa_jsonl,
 )
-from lrsvqa.cli import app
+from lrsvqa.labels import (
+    LabeledObject,
+    find_image,
+    iter_label_files,
+    read_dota,
+    read_fair1m,
+    read_geojson,
+    read_json_labels,
+)
 
 OFFICIAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 OFFICIAL_FILE = OFFICIAL / "LRS_VQA_merged.jsonl"

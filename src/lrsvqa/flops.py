@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrsvqa import budgets
+from lrsvqa.imagery.anyres import AnyresGeometry
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE, Level, build_pyramid
-from lrsvqa.pruning import budgets
-from lrsvqa.pruning.anyres import AnyresGeometry
 
 # The paper's defaults for coarse-to-fine (Sec. 5.1): alpha 25 %, N_max 80, 4 RFM layers.
 C2F_ALPHA = 0.25

@@ -1,6 +1,6 @@
 """Evaluation runner: drive any strategy over a benchmark, resumably and in shards.
 
-Every item is answered through the two calls of :class:`~lrsvqa.pruning.base.Strategy`
+Every item is answered through the two calls of :class:`~lrsvqa.strategies.base.Strategy`
 and its record is appended to the answer file as soon as it exists
 (:class:`~lrsvqa.bench.answers.AnswerLog`), so a rerun skips what is done and a
 killed run loses nothing written. A failing item (missing or corrupt image, model
@@ -52,8 +52,8 @@ from lrsvqa.bench.answers import (
 from lrsvqa.bench.datasets import BenchItem, load_benchmark, resolve_image
 from lrsvqa.bench.reports import Report, report_paths, score_answers, write_report
 from lrsvqa.bench.scoring import DEFAULT_RULE
-from lrsvqa.pruning.base import Strategy, StrategyResult
-from lrsvqa.pruning.registry import build_strategy
+from lrsvqa.strategies.base import Strategy, StrategyResult
+from lrsvqa.strategies.registry import build_strategy
 
 #: Largest JSON size of one trace value kept in an answer record; bigger values
 #: (per-tile score maps, ...) are replaced by a short note so that lines stay small

@@ -3,7 +3,7 @@
 The paper (section 4.2) names each benchmark target by a *unique reference* ("the
 top-most ship", "the largest dock") found from detection labels, and trains on 38K
 template questions built from the same labels. This module does both for any list of
-:class:`~lrsvqa.bench.labels.LabeledObject`:
+:class:`~lrsvqa.labels.LabeledObject`:
 
 * :func:`find_unique_references` finds the objects a short phrase names without doubt.
   A reference is only emitted when it is *really* unique: the extreme object must beat
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lrsvqa.bench.labels import LabeledObject, LabelFormat, find_image, read_labels
 from lrsvqa.imagery.reader import open_image
+from lrsvqa.labels import LabeledObject, LabelFormat, find_image, read_labels
 
 SHORT_ANSWER_PROMPT = "\n Answer the question using a single word or phrase."
 # The official file spells the instruction differently for count questions; matching it

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.labels import LabeledObject
 from lrsvqa.synthetic.noise import FloatArray
 
 # Saturated, mutually distant colours; the ground palette is muted so these stand out.

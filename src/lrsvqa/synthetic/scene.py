@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.labels import LabeledObject
 from lrsvqa.synthetic.facilities import FACILITY_KINDS, FACILITY_MIN_SIDE, FACILITY_SHARE, Facility
 from lrsvqa.synthetic.objects import (
     CATEGORIES,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.pruning.coarse_to_fine import layout_vision_tokens
+from lrsvqa.models.layout import layout_vision_tokens
 from lrsvqa.train.data import RawSample
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from lrsvqa.imagery.errors import ImageReadError
 from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.imagery.tiles import PyramidReader
-from lrsvqa.pruning.coarse_to_fine import tile_token_positions
+from lrsvqa.models.layout import tile_token_positions
 
 IMAGE_PLACEHOLDER = "<image>"
 HUMAN_ROLES = ("human", "user")

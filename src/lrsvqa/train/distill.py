@@ -36,7 +36,7 @@ from transformers import get_cosine_schedule_with_warmup
 from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule, RFMConfig, default_layer_indices
-from lrsvqa.pruning.coarse_to_fine import DEFAULT_ALPHA
+from lrsvqa.strategies.c2f import DEFAULT_ALPHA
 from lrsvqa.train.batch import embed_batch
 from lrsvqa.train.data import (
     Conversation,

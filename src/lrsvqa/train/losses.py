@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lrsvqa.pruning.coarse_to_fine import top_alpha
+from lrsvqa.models.layout import top_alpha
 
 _TINY = torch.finfo(torch.float32).tiny
 _LOG_FLOOR = 1e-12

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.pruning.coarse_to_fine import layout_vision_tokens, tile_token_positions
+from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.train.teacher import rows_from_hidden_states
 
 IGNORE_INDEX = -100

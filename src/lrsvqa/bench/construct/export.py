@@ -27,8 +27,8 @@ from lrsvqa.bench.construct.store import (
     write_json,
 )
 from lrsvqa.bench.construct.targets import load_targets
-from lrsvqa.bench.labels import LabeledObject
 from lrsvqa.bench.templates import lrsvqa_record, write_lrsvqa_jsonl
+from lrsvqa.labels import LabeledObject
 
 # Upper bounds (exclusive) of the longer image side; the paper's images reach 27,328 px.
 SIZE_BINS: tuple[tuple[float, str], ...] = (

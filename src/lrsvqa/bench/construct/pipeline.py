@@ -14,8 +14,8 @@ from lrsvqa.bench.construct.llm import ApiSettings, ChatClient
 from lrsvqa.bench.construct.qa import run_qa
 from lrsvqa.bench.construct.quality import DEFAULT_MEGAPIXELS, Answerer, ApiAnswerer, run_quality
 from lrsvqa.bench.construct.targets import run_targets
-from lrsvqa.bench.labels import LabelFormat
 from lrsvqa.bench.templates import DEFAULT_MARGINS, UniquenessMargins
+from lrsvqa.labels import LabelFormat
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from lrsvqa.bench.construct.store import TARGETS_FILE, JsonlAppender, read_jsonl
-from lrsvqa.bench.labels import (
+from lrsvqa.bench.templates import (
+    DEFAULT_MARGINS,
+    UniquenessMargins,
+    UniqueReference,
+    find_unique_references,
+    labelled_image_size,
+)
+from lrsvqa.labels import (
     ImageLabels,
     LabeledObject,
     LabelFormat,
@@ -24,13 +31,6 @@ from lrsvqa.bench.labels import (
     guess_format,
     iter_label_files,
     read_labels,
-)
-from lrsvqa.bench.templates import (
-    DEFAULT_MARGINS,
-    UniquenessMargins,
-    UniqueReference,
-    find_unique_references,
-    labelled_image_size,
 )
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from lrsvqa.pruning.budgets import PRUMERGE_RATIO, prumerge_budget
-from lrsvqa.pruning.vision_attention import gather_tokens
+from lrsvqa.budgets import PRUMERGE_RATIO, prumerge_budget
+from lrsvqa.models.vision_attention import gather_tokens
 
 PRUMERGE_NEIGHBOURS = 32
 

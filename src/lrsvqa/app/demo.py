@@ -12,14 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lrsvqa.bench.labels import LabeledObject
+from lrsvqa.app.default_model import DefaultModelConfig, build_default_model, default_home
+from lrsvqa.app.inference import ask, load_model, trace_table
+from lrsvqa.app.viz import save_attention_overlay
 from lrsvqa.bench.templates import generate_questions
-from lrsvqa.inference import ask, load_model, trace_table
-from lrsvqa.pruning.coarse_to_fine import CoarseToFineConfig
-from lrsvqa.synthetic.default_model import DefaultModelConfig, build_default_model, default_home
+from lrsvqa.labels import LabeledObject
+from lrsvqa.strategies.c2f import CoarseToFineConfig
 from lrsvqa.synthetic.scene import SceneSpec, generate_scene
 from lrsvqa.synthetic.world import write_scene
-from lrsvqa.viz import save_attention_overlay
 
 DEMO_CATEGORIES = ("object color", "object category", "object shape", "object background")
 DEMO_ALPHA = 0.1

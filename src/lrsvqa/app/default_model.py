@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrsvqa.bench.labels import LabeledObject
 from lrsvqa.bench.templates import (
     TEMPLATE_CATEGORIES,
     display_name,
@@ -33,9 +32,10 @@ from lrsvqa.bench.templates import (
 )
 from lrsvqa.imagery.pyramid import Box, Level
 from lrsvqa.imagery.tiles import PyramidReader
+from lrsvqa.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.layout import tile_token_positions
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
-from lrsvqa.pruning.coarse_to_fine import tile_token_positions
 from lrsvqa.synthetic.facilities import FACILITY_KINDS
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS, SceneObject, paint_resampled
 from lrsvqa.synthetic.scene import (

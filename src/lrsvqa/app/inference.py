@@ -12,7 +12,7 @@ from lrsvqa.imagery.georef import GeoReference
 from lrsvqa.imagery.pyramid import PyramidGeometry
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule
-from lrsvqa.pruning.coarse_to_fine import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
+from lrsvqa.strategies.c2f import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
 
 
 @dataclass
@@ -43,7 +43,7 @@ def load_model(
         dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
         device: Torch device.
     """
-    from lrsvqa.pruning.strategies import shared_adapter, shared_rfm
+    from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
     adapter = shared_adapter(model, dtype, device)
     return LoadedModel(adapter, shared_rfm(adapter, rfm, rfm_layers), training_free=rfm is None)

@@ -1,7 +1,7 @@
 """Every inference method behind the :class:`Strategy` interface, registered by name.
 
 ``thumbnail``, ``anyres-p4/p9/p25/p144``, ``visionzip``, ``prumerge++``, ``fastv``,
-``pdrop``, ``c2f`` and ``c2f-nodip`` are built by :func:`lrsvqa.pruning.registry.build_strategy`
+``pdrop``, ``c2f`` and ``c2f-nodip`` are built by :func:`lrsvqa.strategies.registry.build_strategy`
 with keyword options:
 
 * common: ``model_path`` (or ``model``), ``device`` (``"cpu"``), ``dtype``
@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lrsvqa import budgets
 from lrsvqa.flops import ModelDims, TokenCount
+from lrsvqa.imagery.anyres import ANYRES_MAX_TILES, AnyresGeometry
 from lrsvqa.imagery.pyramid import (
     DEFAULT_DIP_RULE,
     DEFAULT_MIN_SHORT_SIDE,
@@ -42,24 +44,21 @@ from lrsvqa.imagery.pyramid import (
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.models.rfm import RegionFocusModule
-from lrsvqa.pruning import budgets
-from lrsvqa.pruning.anyres import ANYRES_MAX_TILES, AnyresGeometry
-from lrsvqa.pruning.base import StrategyResult
-from lrsvqa.pruning.coarse_to_fine import (
+from lrsvqa.models.vision_attention import encode_with_cls_attention, project
+from lrsvqa.strategies.base import StrategyResult
+from lrsvqa.strategies.c2f import (
     DEFAULT_ALPHA,
     DEFAULT_MAX_TILES,
     CoarseToFine,
     CoarseToFineConfig,
     CoarseToFineResult,
-    layout_vision_tokens,
-    tile_token_positions,
 )
-from lrsvqa.pruning.llm_pruning import StagedDecoder
-from lrsvqa.pruning.prumerge import PRUMERGE_NEIGHBOURS, prumerge_crops
-from lrsvqa.pruning.registry import register_strategy
-from lrsvqa.pruning.vision_attention import encode_with_cls_attention, project
-from lrsvqa.pruning.visionzip import visionzip_crops
+from lrsvqa.strategies.llm_drop import StagedDecoder
+from lrsvqa.strategies.prumerge import PRUMERGE_NEIGHBOURS, prumerge_crops
+from lrsvqa.strategies.registry import register_strategy
+from lrsvqa.strategies.visionzip import visionzip_crops
 
 REDUCTION_GRID_TILES = 144
 NODIP_GRID_TILES = DEFAULT_MAX_TILES

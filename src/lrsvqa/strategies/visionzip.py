@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from lrsvqa.pruning.budgets import visionzip_split
-from lrsvqa.pruning.vision_attention import gather_tokens
+from lrsvqa.budgets import visionzip_split
+from lrsvqa.models.vision_attention import gather_tokens
 
 
 def visionzip_crops(

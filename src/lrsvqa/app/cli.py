@@ -70,9 +70,9 @@ def ask(
 
     from rich.console import Console
 
-    from lrsvqa.inference import ask as run_ask
-    from lrsvqa.inference import load_model, trace_geojson, trace_table
-    from lrsvqa.pruning.coarse_to_fine import CoarseToFineConfig
+    from lrsvqa.app.inference import ask as run_ask
+    from lrsvqa.app.inference import load_model, trace_geojson, trace_table
+    from lrsvqa.strategies.c2f import CoarseToFineConfig
 
     console = Console()
     config = CoarseToFineConfig(
@@ -99,7 +99,7 @@ def ask(
         geojson.write_text(json.dumps(collection), encoding="utf-8")
         console.print(f"GeoJSON written to {geojson}")
     if overlay is not None:
-        from lrsvqa.viz import save_attention_overlay
+        from lrsvqa.app.viz import save_attention_overlay
 
         save_attention_overlay(
             overlay,
@@ -298,7 +298,6 @@ def make_qa(
     """
     import json
 
-    from lrsvqa.bench.labels import LABEL_SUFFIXES, iter_label_files
     from lrsvqa.bench.templates import (
         TEMPLATE_CATEGORIES,
         UniquenessMargins,
@@ -306,6 +305,7 @@ def make_qa(
         to_llava_conversations,
         write_lrsvqa_jsonl,
     )
+    from lrsvqa.labels import LABEL_SUFFIXES, iter_label_files
 
     if label_format not in LABEL_SUFFIXES:
         raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
@@ -373,7 +373,7 @@ def build_bench(
 
     from lrsvqa.bench.construct.llm import ApiSettings
     from lrsvqa.bench.construct.pipeline import BuildConfig, build_benchmark, report_lines
-    from lrsvqa.bench.labels import LABEL_SUFFIXES
+    from lrsvqa.labels import LABEL_SUFFIXES
 
     if label_format is not None and label_format not in LABEL_SUFFIXES:
         raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
@@ -475,11 +475,11 @@ def demo(
     Example: lrsvqa demo --side 16384 --questions 4
     """
     if pyramid_only:
-        from lrsvqa.imagery.demo import run_pyramid_demo
+        from lrsvqa.app.imagery_demo import run_pyramid_demo
 
         run_pyramid_demo(out_dir)
         return
-    from lrsvqa.synthetic.demo import run_demo
+    from lrsvqa.app.demo import run_demo
 
     run_demo(out_dir, side=side, seed=seed, questions=questions)
 

@@ -14,7 +14,7 @@ keyword options only; the ``eval`` command passes these (each only when given):
 * any ``--strategy-option key=value`` pair, the value decoded as JSON when it parses
   (``0.25``, ``true``, ``[7, 14]``) and kept as a string otherwise.
 
-Strategies living in modules of the :mod:`lrsvqa.pruning` package need no explicit
+Strategies living in modules of the :mod:`lrsvqa.strategies` package need no explicit
 import: the first lookup of an unknown name imports every module of the package,
 so their ``register_strategy`` calls run.
 """
@@ -26,7 +26,7 @@ import pkgutil
 from collections.abc import Callable
 from typing import Any
 
-from lrsvqa.pruning.base import Strategy
+from lrsvqa.strategies.base import Strategy
 
 StrategyFactory = Callable[..., Strategy]
 
@@ -67,7 +67,7 @@ def build_strategy(name: str, **options: Any) -> Strategy:
 
     Raises:
         KeyError: No strategy of that name; the message lists the known names and
-            any module of :mod:`lrsvqa.pruning` that failed to import (it may be the
+            any module of :mod:`lrsvqa.strategies` that failed to import (it may be the
             one that would have registered ``name``).
     """
     if name not in _FACTORIES:
@@ -84,7 +84,7 @@ def build_strategy(name: str, **options: Any) -> Strategy:
 
 
 def _scan_package() -> None:
-    """Import every module of :mod:`lrsvqa.pruning` once, so they can register.
+    """Import every module of :mod:`lrsvqa.strategies` once, so they can register.
 
     A module that fails to import is remembered rather than raised: one broken or
     optional-dependency strategy must not make every other strategy unusable.
@@ -93,8 +93,8 @@ def _scan_package() -> None:
     if _PACKAGE_SCANNED:
         return
     _PACKAGE_SCANNED = True
-    package = importlib.import_module("lrsvqa.pruning")
-    for module in pkgutil.iter_modules(package.__path__, prefix="lrsvqa.pruning."):
+    package = importlib.import_module("lrsvqa.strategies")
+    for module in pkgutil.iter_modules(package.__path__, prefix="lrsvqa.strategies."):
         try:
             importlib.import_module(module.name)
         except Exception as exc:  # reported by build_strategy

@@ -1,0 +1,1 @@
+"""The application: command line, demo, the embedded default model, ``ask``, overlays."""
