@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -37,6 +38,8 @@ from lrsvqa.train.sft import SFTConfig, train_sft
 READY_NAME = "READY.json"
 MODEL_DIRNAME = "model"
 RFM_DIRNAME = "rfm"
+SFT_CHECKPOINTS_DIRNAME = "sft_checkpoints"
+SFT_SAVE_EVERY = 200  # steps between SFT checkpoints; a stopped build resumes at the last
 
 
 def default_home() -> Path:
@@ -223,7 +226,8 @@ def build_default_model(
     """Build (or reuse) the tiny default model and its distilled RFM.
 
     Each stage is skipped when its cache entry is complete, so an interrupted build
-    resumes at the stage it lost and a new distillation recipe reuses the model.
+    resumes at the stage it lost (SFT at its last checkpoint) and a new distillation
+    recipe reuses the model.
 
     Args:
         home: Cache root (default :func:`default_home`).
@@ -310,11 +314,19 @@ def _train_default(
         vision_steps=config.vision_steps if heads else 0,
         grounding_layers=config.grounding_layers,
         grounding_loss_weight=config.grounding_loss_weight,
+        save_every=SFT_SAVE_EVERY,
     )
     result.root.mkdir(parents=True, exist_ok=True)
-    log_path = result.root / "sft_log.jsonl"
-    log_path.unlink(missing_ok=True)
-    losses = train_sft(adapter, sampler.batch, sft, log_path=log_path)
+    checkpoints = result.root / SFT_CHECKPOINTS_DIRNAME
+    losses = train_sft(
+        adapter,
+        sampler.batch,
+        sft,
+        log_path=result.root / "sft_log.jsonl",
+        checkpoint_dir=checkpoints,
+        resume=True,
+        sampler_state=sampler,
+    )
     for reader, _ in scenes:
         reader.close()
     save_tiny_llava(adapter.model, adapter.processor, result.model_dir)
@@ -326,6 +338,7 @@ def _train_default(
         "sft_seconds": round(time.time() - started, 1),
     }
     (result.root / READY_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(checkpoints, ignore_errors=True)
     log(
         f"SFT done: loss {report['sft_loss_first']:.3f} -> {report['sft_loss_last']:.3f} "
         f"in {report['sft_seconds']:.0f} s"

@@ -126,6 +126,16 @@ class TrainingSampler:
             )
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The random state (JSON-ready): with it a resumed run draws what a straight one does."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
     def _read_tile(self, scene: int, level: int, row: int, col: int) -> np.ndarray:
         return self.scenes[scene][0].tile(level, row, col)
 

@@ -18,19 +18,26 @@ tiny LLM trained from scratch on answers alone spreads its attention evenly.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import nn
-from tqdm.auto import tqdm
 
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.train.checkpoint import list_checkpoints
+from lrsvqa.train.loop import (
+    LoopConfig,
+    Phase,
+    Stateful,
+    StepSampler,
+    TrainingLoop,
+    warmup_cosine,
+)
 from lrsvqa.train.teacher import rows_from_hidden_states
 
 IGNORE_INDEX = -100
@@ -292,7 +299,9 @@ class SFTConfig:
         batch_size: Examples per step.
         learning_rate: Peak AdamW learning rate (linear warm-up, cosine decay).
         warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Floor of the cosine decay, as a share of the peak rate.
         weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm (0 disables).
         log_every: Steps between log lines.
         token_heads: Classes of each token head (empty: no heads).
         token_loss_weight: Weight of the token-head loss next to the answer loss.
@@ -301,23 +310,31 @@ class SFTConfig:
         grounding_layers: LLM layers whose last-prompt-token attention the grounding
             loss pulls onto the answer's target tokens (empty: no grounding loss).
         grounding_loss_weight: Weight of the grounding loss next to the answer loss.
+        save_every: Steps between checkpoints (0: none), counted over both phases.
+        save_total_limit: Checkpoints kept (oldest deleted first).
     """
 
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
     log_every: int = 25
     token_heads: dict[str, int] = field(default_factory=dict)
     token_loss_weight: float = 0.5
     vision_steps: int = 0
     grounding_layers: tuple[int, ...] = ()
     grounding_loss_weight: float = 0.1
+    save_every: int = 0
+    save_total_limit: int = 2
 
     def __post_init__(self) -> None:
         if self.vision_steps and not self.token_heads:
             raise ValueError("vision_steps train the token heads alone: set token_heads too")
+        if min(self.steps, self.vision_steps, self.save_every) < 0 or self.save_total_limit < 1:
+            raise ValueError("steps, vision_steps, save_every must be >= 0; save_total_limit >= 1")
 
 
 def train_sft(
@@ -325,6 +342,11 @@ def train_sft(
     sample_batch: Callable[[int, int], list[SFTExample]],
     config: SFTConfig,
     log_path: Path | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    sampler_state: Stateful | None = None,
+    progress: bool = True,
 ) -> list[float]:
     """Train every parameter of the model with AdamW and a cosine schedule.
 
@@ -332,96 +354,86 @@ def train_sft(
     path on the token heads alone, then every step adds the weighted token-head loss
     to the answer loss. The heads are discarded at the end. With
     ``config.grounding_layers``, every main step also adds the weighted grounding loss.
+    Both phases run in :class:`lrsvqa.train.loop.TrainingLoop` (one process).
 
     Args:
         adapter: The model to train (put in train mode here, eval mode on return).
-        sample_batch: ``sample_batch(step, batch_size)`` returns the examples of a step.
+        sample_batch: ``sample_batch(step, batch_size)`` returns the examples of a step
+            (steps counted over both phases).
         config: Optimisation settings.
-        log_path: Optional JSONL log of ``{"phase", "step", "loss", "token_loss",
-            "grounding_loss"}`` every ``log_every`` steps.
+        log_path: Optional JSONL log of ``{"phase", "step", "lr", "loss", "token_loss",
+            "grounding_loss"}`` (means over the window) every ``log_every`` steps.
+        checkpoint_dir: Where checkpoints go every ``config.save_every`` steps.
+        resume: Continue from the newest checkpoint in ``checkpoint_dir``, if any.
+        sampler_state: Where ``sample_batch`` keeps its randomness (e.g. the
+            :class:`lrsvqa.train.samplers.TrainingSampler`), checkpointed with the run.
+        progress: Show progress bars.
 
     Returns:
-        The answer loss of every main step.
+        The answer loss of every main step (of the whole run when resumed).
     """
     model = adapter.model
-    model.train()
     heads = None
     if config.token_heads:
         heads = TokenHeads(adapter.hidden_size, config.token_heads).to(adapter.device)
     params = [*model.parameters(), *(heads.parameters() if heads else [])]
-    losses: list[float] = []
-    log = log_path.open("a") if log_path else None
+    accelerator = Accelerator()
+    if accelerator.num_processes > 1:
+        raise ValueError("SFT runs in one process; launch it without accelerate/torchrun")
 
-    def record(phase: str, step: int, series: dict[str, list[float]], bar) -> None:
-        if step % config.log_every and step != bar.total - 1:
-            return
-        line = {"phase": phase, "step": step, "loss": None, "token_loss": None}
-        for name, values in series.items():
-            if values:
-                line[name] = float(np.mean(values[-config.log_every :]))
-        bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if isinstance(v, float)})
-        if log:
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-
-    try:
-        if heads is not None and config.vision_steps:
-            optimizer = torch.optim.AdamW(
-                params, lr=config.learning_rate, weight_decay=config.weight_decay
-            )
-            token_losses: list[float] = []
-            bar = tqdm(range(config.vision_steps), desc="sft vision", leave=False)
-            for step in bar:
-                examples = sample_batch(step, config.batch_size)
-                loss = heads.loss(encode_batch(adapter, examples), examples)
-                _step(optimizer, loss, params)
-                token_losses.append(loss.item())
-                record("vision", step, {"token_loss": token_losses}, bar)
-        optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
+    def adamw() -> torch.optim.Optimizer:
+        return accelerator.prepare(
+            torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
-        token_losses, grounding_losses = [], []
-        bar = tqdm(range(config.steps), desc="sft", leave=False)
-        for step in bar:
-            answer_loss, token_loss, ground = sft_loss(
-                adapter,
-                sample_batch(config.vision_steps + step, config.batch_size),
-                heads,
-                config.grounding_layers,
-            )
-            total = answer_loss + config.token_loss_weight * token_loss
-            _step(optimizer, total + config.grounding_loss_weight * ground, params)
-            scheduler.step()
-            losses.append(answer_loss.item())
-            if heads is not None:
-                token_losses.append(token_loss.item())
-            if config.grounding_layers:
-                grounding_losses.append(ground.item())
-            series = {"loss": losses, "token_loss": token_losses}
-            record("sft", step, {**series, "grounding_loss": grounding_losses}, bar)
+
+    def vision_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = heads.loss(encode_batch(adapter, examples), examples)
+        return loss, {"token_loss": loss}
+
+    def main_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        answer_loss, token_loss, ground = sft_loss(
+            adapter, examples, heads, config.grounding_layers
+        )
+        total = answer_loss + config.token_loss_weight * token_loss
+        terms = {"loss": answer_loss}
+        if heads is not None:
+            terms["token_loss"] = token_loss
+        if config.grounding_layers:
+            terms["grounding_loss"] = ground
+        return total + config.grounding_loss_weight * ground, terms
+
+    phases = []
+    if heads is not None and config.vision_steps:
+        phases.append(Phase("vision", config.vision_steps, vision_loss, adamw(), params))
+    optimizer = adamw()
+    # warmup_offset=1: the first step already trains (this recipe's schedule since v1).
+    scheduler = warmup_cosine(
+        optimizer, config.warmup_steps, config.steps, config.min_lr_ratio, warmup_offset=1
+    )
+    phases.append(Phase("sft", config.steps, main_loss, optimizer, params, scheduler))
+    modules = {"model": model, **({"heads": heads} if heads is not None else {})}
+    loop = TrainingLoop(
+        accelerator,
+        phases,
+        StepSampler(sample_batch, config.batch_size, sampler_state),
+        LoopConfig(
+            max_grad_norm=config.max_grad_norm,
+            log_every=config.log_every,
+            save_every=config.save_every,
+            save_total_limit=config.save_total_limit,
+            stop_after=None,
+            progress=progress,
+        ),
+        modules,
+        checkpoint_dir=checkpoint_dir,
+        log_path=log_path,
+    )
+    existing = list_checkpoints(checkpoint_dir) if resume and checkpoint_dir else []
+    if existing:
+        loop.resume(existing[-1])
+    model.train()
+    try:
+        result = loop.run()
     finally:
-        if log:
-            log.close()
         model.eval()
-    return losses
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
-    """One clipped AdamW step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-
-
-def _cosine(config: SFTConfig) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to 5% of the peak rate."""
-
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return schedule
+    return result.history.get("sft", {}).get("loss", [])
