@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from lrsvqa.train.batch import IGNORE_INDEX, SFTExample, VisualInput
 from lrsvqa.train.checkpoint import CheckpointError, list_checkpoints
 from lrsvqa.train.loop import warmup_cosine
-from lrsvqa.train.sft import IGNORE_INDEX, SFTConfig, SFTExample, VisualInput, train_sft
+from lrsvqa.train.sft import SFTConfig, train_sft
 from tests.tiny_models import tiny_adapter
 
 RED, BLUE = (220, 30, 30), (30, 80, 235)

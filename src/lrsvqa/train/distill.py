@@ -424,7 +424,8 @@ def _distill_phase(
 
     def loss(samples: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with accelerator.autocast():
-            batch = embed_batch(adapter, samples)
+            with torch.no_grad():  # the encoder is frozen
+                batch = embed_batch(adapter, samples)
             teacher = teacher_attention(
                 adapter,
                 batch.inputs_embeds,

@@ -23,7 +23,7 @@ from lrsvqa.labels import LabeledObject
 from lrsvqa.models.layout import tile_token_positions
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS, SceneObject, paint_resampled
 from lrsvqa.synthetic.scene import Placement, Scene, add_objects
-from lrsvqa.train.sft import SFTExample, VisualInput
+from lrsvqa.train.batch import SFTExample, VisualInput
 
 TOKEN_OBJECT_SHARE = 0.2  # share of an object's pixels that makes a token "show" it
 MIN_LABEL_SCALE = 0.45  # coarser levels shrink objects below what a token can resolve

@@ -22,13 +22,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
 
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.train.batch import (
+    IGNORE_INDEX,
+    EmbeddedBatch,
+    SFTExample,
+    embed_batch,
+    encode_batch,
+    split_encoded,
+)
 from lrsvqa.train.checkpoint import list_checkpoints
 from lrsvqa.train.loop import (
     LoopConfig,
@@ -39,154 +45,6 @@ from lrsvqa.train.loop import (
     warmup_cosine,
 )
 from lrsvqa.train.teacher import rows_from_hidden_states
-
-IGNORE_INDEX = -100
-
-
-@dataclass
-class VisualInput:
-    """The visual part of one example.
-
-    Attributes:
-        thumbnail: ``B x B`` uint8 RGB thumbnail.
-        tiles: ``B x B`` uint8 RGB tiles of one pyramid level.
-        positions: Grid position ``(row, col)`` of each tile in its level.
-        keep: Optional bool mask over the tiles' tokens (tile-major), as left by pruning.
-        token_labels: Optional class index per tile token (tile-major, before ``keep``)
-            for each token head, ``IGNORE_INDEX`` where unknown.
-        target_tokens: Optional bool mask over the tiles' tokens (tile-major, before
-            ``keep``) marking the object the answer depends on, for the grounding loss.
-    """
-
-    thumbnail: np.ndarray
-    tiles: list[np.ndarray]
-    positions: list[tuple[int, int]]
-    keep: np.ndarray | None = None
-    token_labels: dict[str, np.ndarray] | None = None
-    target_tokens: np.ndarray | None = None
-
-
-@dataclass
-class SFTExample:
-    """One question-answer pair on one visual input."""
-
-    visual: VisualInput
-    question: str
-    answer: str
-
-
-def answer_ids(adapter: LlavaAdapter, answer: str) -> torch.Tensor:
-    """Token ids the model must produce: the answer, then end-of-sequence."""
-    ids = adapter.tokenizer(" " + answer, add_special_tokens=False).input_ids
-    return torch.tensor([*ids, adapter.tokenizer.eos_token_id], device=adapter.device)
-
-
-def encode_batch(adapter: LlavaAdapter, examples: list[SFTExample]) -> torch.Tensor:
-    """Projected tokens of every example's thumbnail then tiles, with gradients."""
-    images = []
-    for example in examples:
-        images.append(example.visual.thumbnail)
-        images.extend(example.visual.tiles)
-    return adapter.encode_pixels(adapter.pixel_values(images))
-
-
-def split_encoded(
-    encoded: torch.Tensor, examples: list[SFTExample]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(thumbnail, tiles)`` tokens of each example, cut from :func:`encode_batch`'s output."""
-    parts, cursor = [], 0
-    for example in examples:
-        count = len(example.visual.tiles)
-        parts.append((encoded[cursor], encoded[cursor + 1 : cursor + 1 + count]))
-        cursor += 1 + count
-    return parts
-
-
-@dataclass
-class EmbeddedBatch:
-    """A right-padded batch, plus where each example's question ends and its targets sit.
-
-    Attributes:
-        embeds: (batch, n, hidden) input embeddings.
-        mask: (batch, n) attention mask, 1 for real tokens.
-        labels: (batch, n) answer token ids, ``IGNORE_INDEX`` elsewhere.
-        query_positions: (batch,) index of the last prompt token (the RFM's query).
-        tile_positions: Per example, sequence index of every kept tile token.
-        target_flags: Per example, bool per kept tile token (None without targets).
-    """
-
-    embeds: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor
-    query_positions: torch.Tensor
-    tile_positions: list[torch.Tensor]
-    target_flags: list[torch.Tensor | None]
-
-
-def embed_batch(
-    adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
-) -> EmbeddedBatch:
-    """Embed a batch (with gradients through the vision tower and projector).
-
-    Args:
-        adapter: The model.
-        examples: The batch.
-        encoded: Output of :func:`encode_batch` when the caller already has it.
-    """
-    if encoded is None:
-        encoded = encode_batch(adapter, examples)
-    sequences, targets, queries, tile_positions, target_flags = [], [], [], [], []
-    for example, (thumbnail, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
-        visual = example.visual
-        tokens = tiles.reshape(-1, adapter.hidden_size)
-        positions = tile_token_positions(visual.positions, adapter.tokens_per_side)
-        flags = visual.target_tokens
-        if visual.keep is not None:
-            index = torch.as_tensor(np.flatnonzero(visual.keep), device=tokens.device)
-            tokens, positions = tokens[index], positions[visual.keep]
-            flags = flags[visual.keep] if flags is not None else None
-        vision, hr_index, order = layout_vision_tokens(
-            tokens, positions, thumbnail, adapter.image_newline
-        )
-        prompt_embeds, vision_slice = adapter.assemble(
-            adapter.prompt_parts(example.question), vision
-        )
-        queries.append(prompt_embeds.shape[1] - 1)
-        tile_positions.append(torch.as_tensor(vision_slice.start + hr_index, device=adapter.device))
-        target_flags.append(
-            torch.as_tensor(flags[order], device=adapter.device)
-            if flags is not None and flags.any()
-            else None
-        )
-        target = answer_ids(adapter, example.answer)
-        sequences.append(torch.cat([prompt_embeds[0], adapter.embed_ids(target)]))
-        labels = torch.full((sequences[-1].shape[0],), IGNORE_INDEX, device=adapter.device)
-        labels[-len(target) :] = target
-        targets.append(labels)
-    length = max(seq.shape[0] for seq in sequences)
-    embeds = sequences[0].new_zeros(len(sequences), length, adapter.hidden_size)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=adapter.device)
-    labels = torch.full((len(sequences), length), IGNORE_INDEX, device=adapter.device)
-    for i, (seq, lab) in enumerate(zip(sequences, targets, strict=True)):
-        embeds[i, : seq.shape[0]] = seq
-        mask[i, : seq.shape[0]] = 1
-        labels[i, : seq.shape[0]] = lab
-    return EmbeddedBatch(
-        embeds,
-        mask,
-        labels,
-        torch.as_tensor(queries, device=adapter.device),
-        tile_positions,
-        target_flags,
-    )
-
-
-def build_batch(
-    adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inputs_embeds, attention_mask, labels)`` of :func:`embed_batch`."""
-    batch = embed_batch(adapter, examples, encoded)
-    return batch.embeds, batch.mask, batch.labels
 
 
 def grounding_loss(
@@ -209,9 +67,10 @@ def grounding_loss(
     """
     grounded = [i for i, flags in enumerate(batch.target_flags) if flags is not None]
     if not grounded or not layers:
-        return batch.embeds.sum() * 0.0
-    queries = batch.query_positions[:, None]
-    rows = rows_from_hidden_states(adapter, hidden_states, queries, batch.mask, layers)
+        return batch.inputs_embeds.sum() * 0.0
+    rows = rows_from_hidden_states(
+        adapter, hidden_states, batch.query_positions, batch.attention_mask, layers
+    )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
     for per_layer in attention:
@@ -276,8 +135,8 @@ def sft_loss(
     encoded = encode_batch(adapter, examples)
     batch = embed_batch(adapter, examples, encoded)
     output = adapter.model(
-        inputs_embeds=batch.embeds,
-        attention_mask=batch.mask,
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
         labels=batch.labels,
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
