@@ -170,3 +170,42 @@ def test_resume_refuses_a_planted_pickle_and_never_runs_it(tmp_path) -> None:
     (folder / "state.json").unlink()
     with pytest.raises(CheckpointError, match="not a readable lrsvqa checkpoint"):
         _run(tmp_path / "c", tmp_path / "c.jsonl", RandomSampler(1), True)
+
+
+@pytest.mark.slow
+def test_sft_cli_trains_on_conversations_and_resumes_to_the_same_model(tmp_path) -> None:
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
+    from lrsvqa.models.adapter import LlavaAdapter
+    from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+    from lrsvqa.train.toy import TOY_WORDS, write_toy_dataset
+
+    model, processor = build_tiny_llava(TOY_WORDS, num_layers=2, seed=0)
+    save_tiny_llava(model, processor, tmp_path / "model")
+    data = write_toy_dataset(tmp_path / "data", 3, seed=0, size_range=(300, 400))
+    base = ["sft", "--model", str(tmp_path / "model"), "--data", str(data), "--steps", "6"]
+    base += ["--batch-size", "2", "--lr", "3e-3", "--warmup-steps", "2", "--save-every", "3"]
+    runner = CliRunner()
+    straight = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--log-every", "1"])
+    assert straight.exit_code == 0, straight.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["steps"] == 6 and report["conversations"] == 3
+    stopped = [*base, "--out", str(tmp_path / "b"), "--log-every", "1"]
+    assert runner.invoke(app, [*stopped, "--stop-after", "3"]).exit_code == 0
+    assert not (tmp_path / "b" / "model").exists()
+    again = runner.invoke(app, stopped)
+    assert again.exit_code != 0 and "already holds checkpoints" in str(again.exception)
+    resumed = runner.invoke(app, [*stopped, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+    first = load_file(str(tmp_path / "model" / "model.safetensors"))
+    assert any(not torch.equal(first[k], a[k]) for k in first)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert LlavaAdapter.from_pretrained(tmp_path / "b" / "model").tokens_per_side > 0

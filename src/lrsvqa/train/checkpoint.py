@@ -222,6 +222,8 @@ def load_rng(folder: Path, process: int) -> None:
 
 
 def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
+    """Delete all but the newest ``keep`` checkpoints, and partial ones a kill left."""
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old)
+    for partial in root.glob(f"step_*{PARTIAL_SUFFIX}"):
+        shutil.rmtree(partial, ignore_errors=True)

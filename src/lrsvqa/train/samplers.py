@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lrsvqa.imagery.errors import ImageReadError
 from lrsvqa.imagery.pyramid import Box, Level
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.labels import LabeledObject
@@ -24,6 +25,7 @@ from lrsvqa.models.layout import tile_token_positions
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS, SceneObject, paint_resampled
 from lrsvqa.synthetic.scene import Placement, Scene, add_objects
 from lrsvqa.train.batch import SFTExample, VisualInput
+from lrsvqa.train.data import Conversation, DistillDataError
 
 TOKEN_OBJECT_SHARE = 0.2  # share of an object's pixels that makes a token "show" it
 MIN_LABEL_SCALE = 0.45  # coarser levels shrink objects below what a token can resolve
@@ -55,7 +57,67 @@ def record_targets(record: dict[str, Any], objects: list[LabeledObject]) -> list
     return [o.hbox for o in (counted or objects)]
 
 
-class TrainingSampler:
+class _SeededSampler:
+    """A sampler whose only state is ``self.rng``, checkpointed as JSON."""
+
+    rng: random.Random
+
+    def state_dict(self) -> dict[str, Any]:
+        """The random state (JSON-ready): with it a resumed run draws what a straight one does."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+class ConversationSampler(_SeededSampler):
+    """SFT examples from LLaVA-format conversations (``lrsvqa sft``).
+
+    Every turn becomes a one-turn example: its question (without the earlier turns) on
+    the image's thumbnail and coarsest-DIP-level tiles, the input distillation trains
+    on, with its answer as the target. Turns are drawn uniformly with replacement.
+
+    Args:
+        conversations: Validated conversations (:func:`lrsvqa.train.data.load_conversations`).
+        tile_size: Tile side ``B`` of the vision tower.
+        min_short_side: DIP minimum short side (the coarsest level's size).
+        seed: Seed of the draws.
+    """
+
+    def __init__(
+        self,
+        conversations: list[Conversation],
+        tile_size: int,
+        min_short_side: int,
+        seed: int,
+    ) -> None:
+        self.conversations = conversations
+        self.turns = [(i, turn) for i, c in enumerate(conversations) for turn in c.turns]
+        self.tile_size, self.min_short_side = tile_size, min_short_side
+        self.rng = random.Random(seed)
+        self._visual = lru_cache(maxsize=256)(self._read)
+
+    def _read(self, index: int) -> VisualInput:
+        conversation = self.conversations[index]
+        try:
+            with PyramidReader.open(
+                conversation.image, tile_size=self.tile_size, min_short_side=self.min_short_side
+            ) as reader:
+                tiles = reader.geometry.levels[0].tiles()
+                return VisualInput(reader.thumbnail(), list(reader.tiles(0, tiles)), tiles)
+        except ImageReadError as error:
+            raise DistillDataError(f"{conversation.where}: {error}") from error
+
+    def batch(self, step: int, batch_size: int) -> list[SFTExample]:
+        """``train_sft``'s sampling callback."""
+        picks = [self.rng.choice(self.turns) for _ in range(batch_size)]
+        return [SFTExample(self._visual(i), turn.question, turn.answer) for i, turn in picks]
+
+
+class TrainingSampler(_SeededSampler):
     """Draws DIP-shaped training examples from the synthetic training split.
 
     Each example picks a question, a pyramid level (the finest more often), the tiles of
@@ -125,16 +187,6 @@ class TrainingSampler:
                 self.scenes[s][0].geometry.levels[i], self.scenes[s][1], self.g
             )
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        """The random state (JSON-ready): with it a resumed run draws what a straight one does."""
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
 
     def _read_tile(self, scene: int, level: int, row: int, col: int) -> np.ndarray:
         return self.scenes[scene][0].tile(level, row, col)

@@ -18,14 +18,17 @@ tiny LLM trained from scratch on answers alone spreads its attention evenly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
@@ -35,7 +38,8 @@ from lrsvqa.train.batch import (
     encode_batch,
     split_encoded,
 )
-from lrsvqa.train.checkpoint import list_checkpoints
+from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.data import ConversationData, load_conversations
 from lrsvqa.train.loop import (
     LoopConfig,
     Phase,
@@ -44,7 +48,11 @@ from lrsvqa.train.loop import (
     TrainingLoop,
     warmup_cosine,
 )
+from lrsvqa.train.samplers import ConversationSampler
 from lrsvqa.train.teacher import rows_from_hidden_states
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIRNAME = "model"
 
 
 def grounding_loss(
@@ -205,6 +213,7 @@ def train_sft(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     sampler_state: Stateful | None = None,
+    stop_after: int | None = None,
     progress: bool = True,
 ) -> list[float]:
     """Train every parameter of the model with AdamW and a cosine schedule.
@@ -226,6 +235,8 @@ def train_sft(
         resume: Continue from the newest checkpoint in ``checkpoint_dir``, if any.
         sampler_state: Where ``sample_batch`` keeps its randomness (e.g. the
             :class:`lrsvqa.train.samplers.TrainingSampler`), checkpointed with the run.
+        stop_after: Stop this invocation at this step (over both phases); a resumed
+            run continues to the end.
         progress: Show progress bars.
 
     Returns:
@@ -280,7 +291,7 @@ def train_sft(
             log_every=config.log_every,
             save_every=config.save_every,
             save_total_limit=config.save_total_limit,
-            stop_after=None,
+            stop_after=stop_after,
             progress=progress,
         ),
         modules,
@@ -296,3 +307,89 @@ def train_sft(
     finally:
         model.eval()
     return result.history.get("sft", {}).get("loss", [])
+
+
+def finetune_conversations(
+    model: str | Path,
+    data: ConversationData,
+    out_dir: str | Path,
+    config: SFTConfig,
+    *,
+    image_root: str | Path | None = None,
+    min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    seed: int = 0,
+    stop_after: int | None = None,
+    resume: bool = False,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a LLaVA checkpoint on LLaVA-format conversations (``lrsvqa sft``).
+
+    Every turn is an example on the image's thumbnail and coarsest-level tiles (see
+    :class:`lrsvqa.train.samplers.ConversationSampler`), trained with :func:`train_sft`
+    (answer loss only). ``out_dir`` gets ``log.jsonl``, ``checkpoints/`` every
+    ``config.save_every`` steps, and, once the last step is done, ``model/``
+    (``save_pretrained``, loadable as ``--model``) and ``report.json``.
+
+    Args:
+        model: Checkpoint folder or hub id.
+        data: LLaVA JSON file or the decoded list of items.
+        out_dir: Output folder.
+        config: Optimisation settings.
+        image_root: Image folder (default: the JSON file's folder).
+        min_short_side: DIP minimum short side (the coarsest level's size).
+        seed: Seed of the draws and of the run.
+        stop_after: Stop at this step (checkpointed); ``resume`` continues.
+        resume: Continue from the newest checkpoint in ``out_dir``.
+        dtype: Dtype to load the model in.
+        progress: Show progress bars.
+
+    Raises:
+        DistillDataError: Bad conversations (named by file and item).
+        FileExistsError: Checkpoints exist and ``resume`` is off.
+        FileNotFoundError: ``resume`` without a checkpoint.
+        CheckpointError: The checkpoint holds a pickle-format file or is not ours.
+    """
+    out = Path(out_dir)
+    checkpoints = out / CHECKPOINTS_DIR
+    existing = list_checkpoints(checkpoints)
+    if resume and not existing:
+        raise FileNotFoundError(f"{out}: no checkpoint to resume from")
+    if existing and not resume:
+        raise FileExistsError(
+            f"{out} already holds checkpoints ({existing[-1].name}); "
+            "resume from them or use another output directory"
+        )
+    if existing:
+        check_folder(existing[-1])  # before loading the model
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+    conversations = load_conversations(data, image_root)
+    sampler = ConversationSampler(conversations, adapter.tile_size, min_short_side, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    losses = train_sft(
+        adapter,
+        sampler.batch,
+        config,
+        log_path=out / "log.jsonl",
+        checkpoint_dir=checkpoints,
+        resume=resume,
+        sampler_state=sampler,
+        stop_after=stop_after,
+        progress=progress,
+    )
+    report = {
+        "model": str(model),
+        "conversations": len(conversations),
+        "turns": len(sampler.turns),
+        "steps": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    if len(losses) == config.steps:
+        adapter.model.save_pretrained(out / MODEL_DIRNAME)
+        adapter.processor.save_pretrained(out / MODEL_DIRNAME)
+        report["model_dir"] = str(out / MODEL_DIRNAME)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
