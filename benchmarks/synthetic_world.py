@@ -29,7 +29,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lrsvqa.app.default_model import build_default_model, default_home
+from lrsvqa.app.shipped import resolve_default_model
 from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
 from lrsvqa.bench.templates import generate_questions, write_lrsvqa_jsonl
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console(width=200)
 
-    trained = build_default_model(args.home or default_home(), log=console.print)
+    trained = resolve_default_model(args.home, log=console.print)
     manifest = generate_world(
         args.out / "world",
         num_scenes=args.scenes,

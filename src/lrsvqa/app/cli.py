@@ -461,7 +461,9 @@ def pyramid(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("outputs/demo"), help="Folder for the scene and figures."),
-    side: int = typer.Option(16384, min=2048, max=32768, help="Scene side in pixels."),
+    side: int | None = typer.Option(
+        None, min=2048, max=32768, help="Scene side in pixels [default: 6144]."
+    ),
     seed: int = typer.Option(0, help="Scene seed (held out from training)."),
     questions: int = typer.Option(5, min=1, help="Questions to ask, each of another category."),
     pyramid_only: bool = typer.Option(False, help="Only show the pyramid of a large image."),
@@ -472,16 +474,16 @@ def demo(
     the synthetic world and its distilled RFM); where the shipped weights do not match
     the code's recipe it rebuilds them first (`lrsvqa build-default`).
 
-    Example: lrsvqa demo --side 16384 --questions 4
+    Example: lrsvqa demo --side 16384 --questions 5
     """
     if pyramid_only:
         from lrsvqa.app.imagery_demo import run_pyramid_demo
 
         run_pyramid_demo(out_dir)
         return
-    from lrsvqa.app.demo import run_demo
+    from lrsvqa.app.demo import DEMO_SIDE, run_demo
 
-    run_demo(out_dir, side=side, seed=seed, questions=questions)
+    run_demo(out_dir, side=side or DEMO_SIDE, seed=seed, questions=questions)
 
 
 @app.command("build-default")
