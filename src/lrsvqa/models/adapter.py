@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
+from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
+
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 class ModelLoadError(ValueError):

@@ -36,8 +36,8 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from lrsvqa.budgets import check_drops, kept_after_drop
-from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS, check_drops, kept_after_drop
+from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
 
 
