@@ -314,9 +314,9 @@ def make_qa(
         UniquenessMargins,
         generate_from_labels,
         to_llava_conversations,
-        write_lrsvqa_jsonl,
     )
     from lrsvqa.labels import LABEL_SUFFIXES, iter_label_files
+    from lrsvqa.types import write_lrsvqa_jsonl
 
     if label_format not in LABEL_SUFFIXES:
         raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")

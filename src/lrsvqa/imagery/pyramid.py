@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box
 
 DEFAULT_TILE_SIZE = 336
 DEFAULT_MIN_SHORT_SIDE = 1008

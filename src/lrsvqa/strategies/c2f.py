@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
-from lrsvqa.imagery.pyramid import Box, PyramidGeometry
+from lrsvqa.imagery.pyramid import PyramidGeometry
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions, top_alpha
 from lrsvqa.models.rfm import RegionFocusModule
+from lrsvqa.types import Box
 
 
 class TileSource(Protocol):
