@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,14 +14,18 @@ import pytest
 from typer.testing import CliRunner
 
 from lrsvqa.app.cli import app
+from lrsvqa.app.default_model import DefaultModelConfig
 from lrsvqa.app.shipped import (
     MANIFEST_NAME,
+    SHIPPED_DIR,
     SMOKE_RECIPE,
     StaleDefaultError,
     read_manifest,
     resolve_default_model,
     shipped_default,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +83,37 @@ def test_a_recipe_other_than_the_default_is_built_not_taken_from_the_package(
 ) -> None:
     built = resolve_default_model(exported / "build", SMOKE_RECIPE, log=lambda _: None)
     assert built.root.parent == exported / "build"
+
+
+def test_the_shipped_default_was_trained_by_the_code_recipe() -> None:
+    """Changing the recipe without retraining (`lrsvqa build-default`) fails here."""
+    manifest = read_manifest(SHIPPED_DIR)
+    assert manifest is not None, f"no shipped default in {SHIPPED_DIR}"
+    config = DefaultModelConfig()
+    assert manifest["recipe"] == json.loads(json.dumps(config.__dict__))
+    assert shipped_default(config) is not None  # keys and every checksum
+
+
+def test_the_wheel_carries_the_shipped_default(tmp_path: Path) -> None:
+    manifest = read_manifest(SHIPPED_DIR)
+    assert manifest is not None
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("lrsvqa-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    prefix = "lrsvqa/app/shipped_default/"
+    assert prefix + MANIFEST_NAME in names
+    assert {prefix + name for name in manifest["files"]} <= names
