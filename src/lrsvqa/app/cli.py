@@ -1,14 +1,26 @@
-"""The ``lrsvqa`` command line: one sub-command per task, each a thin layer over the library."""
+"""The ``lrsvqa`` command line: one sub-command per task, each a thin layer over the library.
+
+Errors: the project's own error types (:mod:`lrsvqa.errors`: bad image, question or
+answers file, model or RFM that cannot load, bad option value, unsafe path, another
+run's answers file) print ``error: <file>: <problem>`` on one line and exit with
+status 2; anything else is a bug and keeps its traceback. ``--debug`` (or
+``LRSVQA_DEBUG=1``) shows the traceback always.
+"""
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
+from lrsvqa.errors import LrsvqaError
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES
+from lrsvqa.imagery.tiles import MAX_TILE_SIZE
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -18,8 +30,33 @@ DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
 DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
 
+DEBUG_ENV = "LRSVQA_DEBUG"
+#: Exit status of an error in the user's input (as for bad usage).
+INPUT_ERROR_STATUS = 2
+
+
+def _debugging(ctx: typer.Context) -> bool:
+    """Whether ``--debug`` or ``LRSVQA_DEBUG`` asks for tracebacks."""
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return flag or bool(ctx.meta.get("lrsvqa.debug"))
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one place where the project's errors become ``error: <file>: <problem>``."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LrsvqaError as error:
+            if _debugging(ctx):
+                raise
+            typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+            raise typer.Exit(INPUT_ERROR_STATUS) from error
+
+
 app = typer.Typer(
     name="lrsvqa",
+    cls=_ErrorBoundary,
     help="Answer questions about very large remote-sensing images by looking where it matters.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -27,8 +64,14 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show tracebacks of input errors too (or set {DEBUG_ENV}=1)."
+    ),
+) -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
+    ctx.meta["lrsvqa.debug"] = debug
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -137,7 +180,10 @@ def eval_command(
         None, help="Question file (default: LRS_VQA_merged.jsonl / MME_RealWorld_RS.json in it)."
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Answers file (default: outputs/BENCH-STRATEGY.jsonl)."
+        None,
+        "--output",
+        "-o",
+        help="Answers file (default: outputs/BENCH-MODEL-STRATEGY-OPTIONSHASH.jsonl).",
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
     rfm: Path | None = typer.Option(None, help="RFM weights, passed as rfm_path."),
@@ -163,7 +209,9 @@ def eval_command(
 ) -> None:
     """Answer a benchmark with a strategy, resumably; merge shards and score.
 
-    Rerunning the same command resumes. Under torchrun or accelerate launch, each rank answers
+    Rerunning the same command resumes; a file made by another model, RFM, strategy
+    option or question file is refused (its run record, ANSWERS.run.json, differs).
+    Under torchrun or accelerate launch, each rank answers
     its shard, then rank 0 merges and scores.
 
     Example: lrsvqa eval --bench lrs-vqa --data-root data --model ./llava --strategy c2f
@@ -172,6 +220,7 @@ def eval_command(
 
     from lrsvqa.bench.datasets import BENCHMARKS
     from lrsvqa.bench.reports import print_report, report_paths
+    from lrsvqa.bench.run_record import default_output
     from lrsvqa.bench.runner import EvalConfig, evaluate
 
     if bench not in BENCHMARKS:
@@ -185,7 +234,7 @@ def eval_command(
         bench=bench,
         questions=questions or data_root / BENCHMARKS[bench],
         data_root=data_root,
-        output=output or Path("outputs") / f"{bench}-{strategy}.jsonl",
+        output=output or default_output(bench, strategy, options),
         strategy=strategy,
         strategy_options=options,
         subsets=subset or None,
@@ -220,7 +269,7 @@ def eval_command(
 
 @app.command()
 def score(
-    answers: Path = typer.Argument(..., exists=True, dir_okay=False, help="Answers file."),
+    answers: Path = typer.Argument(..., help="Answers file."),
     questions: Path | None = typer.Option(
         None, help="Question file to join by question_id (.jsonl LRS-VQA, .json MME-RealWorld)."
     ),
@@ -234,19 +283,23 @@ def score(
     """Score an answers file from lrsvqa or any tool writing question_id + text.
 
     JSON Lines (or a JSON list) with question_id and the prediction in answer / text /
-    output; ground_truth and category in the records or from --questions.
+    output; ground_truth and category in the records or from --questions. Answers to
+    questions not in --questions, and repeated ids (first answer scored), are reported.
 
     Example: lrsvqa score outputs/lrs-vqa-c2f.jsonl --markdown report.md
     """
     from lrsvqa.bench.answers import read_any_answers
     from lrsvqa.bench.datasets import load_benchmark
     from lrsvqa.bench.reports import print_report, score_answers, write_report
+    from lrsvqa.bench.run_record import read_run_record
 
+    records = read_any_answers(answers)
     items = None
     if questions is not None:
         bench = "mme-rs" if questions.suffix.lower() == ".json" else "lrs-vqa"
         items = load_benchmark(bench, questions)
-    report = score_answers(read_any_answers(answers), items, rule=rule.value)
+    run = read_run_record(answers)
+    report = score_answers(records, items, rule=rule.value, run=run, source=answers)
     print_report(report)
     write_report(report, json_path, markdown)
 
@@ -418,7 +471,9 @@ def pyramid(
         ..., help="Large image (TIFF/GeoTIFF, PNG, JPEG; with GDAL also JP2, VRT, ..., URLs)."
     ),
     overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
-    tile_size: int = typer.Option(336, min=1, help="Tile side B (336 for CLIP-L/14-336)."),
+    tile_size: int = typer.Option(
+        336, min=1, max=MAX_TILE_SIZE, help="Tile side B (336 for CLIP-L/14-336)."
+    ),
     min_short_side: int = typer.Option(1008, min=1, help="Bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     bands: str | None = typer.Option(
@@ -433,23 +488,18 @@ def pyramid(
     from rich.console import Console
 
     from lrsvqa.imagery.display import georef_lines, pyramid_table, save_grid_overlay
-    from lrsvqa.imagery.errors import ImageReadError
     from lrsvqa.imagery.reader import DEFAULT_MAX_PIXELS
     from lrsvqa.imagery.tiles import PyramidReader
 
     console = Console()
-    try:
-        reader = PyramidReader.open(
-            image,
-            tile_size=tile_size,
-            min_short_side=min_short_side,
-            dip_rule=dip_rule.value,
-            bands=_int_list(bands),
-            max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
-        )
-    except ImageReadError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+    reader = PyramidReader.open(
+        image,
+        tile_size=tile_size,
+        min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        bands=_int_list(bands),
+        max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
+    )
     with reader:
         console.print(pyramid_table(reader))
         for line in georef_lines(reader.image):

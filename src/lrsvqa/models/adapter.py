@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
+from lrsvqa.errors import ModelLoadError
+from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
+
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-class ModelLoadError(ValueError):
-    """A checkpoint could not be used: names the path and the reason."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class LlavaAdapter:
         model_type = model.config.model_type
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelLoadError(
+                getattr(model.config, "_name_or_path", "") or "model",
                 f"model type {model_type!r} is not a supported LLaVA family "
-                f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"({', '.join(SUPPORTED_MODEL_TYPES)})",
             )
         self.model = model.eval()
         self.processor = processor
@@ -90,17 +91,31 @@ class LlavaAdapter:
         device: str | torch.device = "cpu",
         attn_implementation: str | None = None,
     ) -> LlavaAdapter:
-        """Load a checkpoint (local folder or hub id) in the requested dtype and device."""
+        """Load a checkpoint (local folder or hub id) in the requested dtype and device.
+
+        The location is settled first (:func:`resolve_checkpoint`: no network retries
+        for a mistyped name) and local weight files are checked for truncation, so
+        every failure names the folder or file. Remote code is never trusted.
+
+        Raises:
+            ModelLoadError: Naming the folder, hub id or weight file at fault.
+        """
         kwargs = {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        location = resolve_checkpoint(path)
+        if Path(location).is_dir():
+            check_weight_files(Path(location))
         try:
-            processor = AutoProcessor.from_pretrained(str(path))
+            processor = AutoProcessor.from_pretrained(location, trust_remote_code=False)
             model = AutoModelForImageTextToText.from_pretrained(
-                str(path), dtype=_resolve_dtype(dtype), **kwargs
+                location, dtype=_resolve_dtype(dtype), trust_remote_code=False, **kwargs
             )
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load a LLaVA model from {path}: {error}") from error
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ModelLoadError(
+                path, f"cannot load a LLaVA model ({type(error).__name__}: {first})"
+            ) from error
         return cls(model.to(device), processor)
 
     # ------------------------------------------------------------------ modules

@@ -18,20 +18,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
+from lrsvqa.errors import ModelLoadError
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
+from lrsvqa.models.checkpoint import check_safetensors
 
 DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
 WEIGHTS_NAME = "rfm.safetensors"
 CONFIG_NAME = "rfm_config.json"
 
 
-class RFMLoadError(ValueError):
-    """An RFM checkpoint does not fit the LLM it is loaded for."""
+class RFMLoadError(ModelLoadError):
+    """An RFM checkpoint is missing, corrupt, or does not fit the LLM it is loaded for."""
 
 
 def default_layer_indices(num_llm_layers: int, num_rfm_layers: int = 4) -> tuple[int, ...]:
@@ -78,7 +81,7 @@ class RFMConfig:
             data = json.loads(path.read_text())
             return cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as error:
-            raise RFMLoadError(f"{path}: not a valid RFM config ({error})") from error
+            raise RFMLoadError(path, f"not a valid RFM config ({error})") from error
 
 
 def _text_config_summary(adapter: LlavaAdapter) -> dict:
@@ -247,10 +250,13 @@ class RegionFocusModule(nn.Module):
     def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
         """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
         rfm_dir = Path(rfm_dir)
+        if not rfm_dir.is_dir():
+            problem = "no such folder" if not rfm_dir.exists() else "not a folder"
+            raise RFMLoadError(rfm_dir, problem)
         config_path, weights_path = rfm_dir / CONFIG_NAME, rfm_dir / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise RFMLoadError(f"{rfm_dir}: missing {path.name}; is this an RFM directory?")
+                raise RFMLoadError(rfm_dir, f"missing {path.name}; is this an RFM folder?")
         config = RFMConfig.load(config_path)
         expected = _text_config_summary(adapter)
         mismatched = {
@@ -260,13 +266,14 @@ class RegionFocusModule(nn.Module):
             details = ", ".join(
                 f"{k}: RFM has {a}, LLM has {b}" for k, (a, b) in mismatched.items()
             )
-            raise RFMLoadError(f"{rfm_dir}: RFM does not match this LLM ({details})")
+            raise RFMLoadError(rfm_dir, f"RFM does not match this LLM ({details})")
         module = cls.from_llm(adapter, config.layer_indices, base_model=config.base_model)
         module.rfm_config = config
+        check_safetensors(weights_path)
         try:
             state = load_file(str(weights_path), device=str(adapter.device))
-        except Exception as error:  # safetensors raises its own error types
-            raise RFMLoadError(f"{weights_path}: unreadable safetensors file ({error})") from error
+        except (OSError, SafetensorError) as error:
+            raise RFMLoadError(weights_path, f"unreadable safetensors file ({error})") from error
         own = module.layers.state_dict()
         problems = sorted(set(own) ^ set(state))
         problems += [
@@ -275,6 +282,6 @@ class RegionFocusModule(nn.Module):
             if k in state and state[k].shape != v.shape
         ]
         if problems:
-            raise RFMLoadError(f"{weights_path}: weights do not fit the LLM: {problems[:5]}")
+            raise RFMLoadError(weights_path, f"weights do not fit the LLM: {problems[:5]}")
         module.layers.load_state_dict(state)
         return module.to(adapter.dtype)
