@@ -131,8 +131,11 @@ def test_adapter_loads_saved_checkpoint_in_requested_dtype(tmp_path):
     tokens = adapter.encode_tiles([random_image(336, 336)])
     assert tokens.shape == (1, adapter.tokens_per_tile, adapter.hidden_size)
     assert tokens.dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="cannot load a LLaVA model from"):
+    with pytest.raises(ValueError, match="missing: no such folder"):
         LlavaAdapter.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: cannot load a LLaVA model"):
+        LlavaAdapter.from_pretrained(tmp_path / "empty")
 
 
 def test_encode_tiles_matches_hf_image_features():
