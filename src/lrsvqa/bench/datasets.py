@@ -15,6 +15,7 @@ the same format with its own prefix.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import string
@@ -167,28 +168,33 @@ def subset_of(question_id: str) -> str:
 def load_lrs_vqa(path: Path) -> list[BenchItem]:
     """Read an LRS-VQA-format question file (official or synthetic).
 
+    A leading byte-order mark is accepted; lines are split on line ends only, never
+    inside a JSON string.
+
     Raises:
-        QuestionFileError: A line is not valid JSON, lacks a required field (or has
-            it null), or repeats a ``question_id`` (answer files are keyed by id, so
-            ids must be unique); the message gives ``file:line``.
+        QuestionFileError: A line is not UTF-8 or valid JSON, lacks a required field
+            (or has it null), or repeats a ``question_id`` (answer files are keyed by
+            id, so ids must be unique); the message gives ``file:line``.
     """
     items: list[BenchItem] = []
     seen: set[str] = set()
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                item = _lrs_item(row)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise QuestionFileError(f"{path}:{number}", f"bad LRS-VQA item ({exc})") from None
-            if item.question_id in seen:
-                raise QuestionFileError(
-                    f"{path}:{number}", f"duplicate question_id {item.question_id!r}"
-                )
-            seen.add(item.question_id)
-            items.append(item)
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{number}"
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise QuestionFileError(where, f"not UTF-8 text (byte {exc.start})") from None
+        try:
+            item = _lrs_item(json.loads(line))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise QuestionFileError(where, f"bad LRS-VQA item ({exc})") from None
+        if item.question_id in seen:
+            raise QuestionFileError(where, f"duplicate question_id {item.question_id!r}")
+        seen.add(item.question_id)
+        items.append(item)
     return items
 
 

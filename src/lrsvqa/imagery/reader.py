@@ -263,12 +263,20 @@ class _TiffSource:
                 self._chunk_rows.append(self._rows_per_chunk(level.keyframe))
 
     def _check_complete(self, path: Path, levels: list[tifffile.TiffPageSeries]) -> None:
-        """Detect truncation up front: every tile or strip must end inside the file."""
+        """Detect truncation up front: every tile or strip is listed and ends in the file.
+
+        A page without offsets would otherwise read as all black.
+        """
         size = self._tif.filehandle.size
         for level in levels:
             for page in level.pages:
                 if page is None:
                     continue
+                counts = (len(page.dataoffsets), len(page.databytecounts))
+                if not all(counts) or counts[0] != counts[1]:
+                    raise ImageReadError(
+                        path, "truncated or corrupt file: its tile/strip offsets are missing"
+                    )
                 ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts)
                 if ends.size and int(ends.max()) > size:
                     raise ImageReadError(
