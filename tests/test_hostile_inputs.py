@@ -299,3 +299,33 @@ def test_image_paths_may_not_escape_the_data_root(tmp_path, relative):
 def test_rfm_folder_that_does_not_exist(tmp_path):
     with pytest.raises(LrsvqaError, match="none: no such folder"):
         RegionFocusModule.load(tmp_path / "none", adapter=None)  # checked before any use
+
+
+# --- label files ---------------------------------------------------------------------------
+
+
+def make_qa(labels: Path, images: Path, fmt: str = "dota"):
+    args = ["make-qa", "--labels", str(labels), "--images", str(images), "--format", fmt]
+    return CliRunner().invoke(app, [*args, "--out", str(images / "qa.jsonl")])
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "content", "where"),
+    [
+        ("P1.txt", "dota", "1 2 3\n", "P1.txt:1"),
+        ("P1.txt", "dota", "a b c d e f g h ship 0\n", "P1.txt:1"),
+        ("P1.json", "json", "[{", "P1.json"),
+        ("P1.json", "json", '[{"hbox": [0, 0, 4, 4]}]', "P1.json"),
+        ("P1.xml", "fair1m", "<annotation><object>", "P1.xml"),
+        ("P1.geojson", "geojson", '{"type": "Point"}', "P1.geojson"),
+    ],
+)
+def test_bad_label_files_end_in_one_line(tmp_path, name, fmt, content, where):
+    (tmp_path / name).write_text(content)
+    Image.new("RGB", (8, 8)).save(tmp_path / "P1.png")
+    one_line_error(make_qa(tmp_path / name, tmp_path, fmt), where)
+
+
+def test_labels_without_their_image(tmp_path):
+    (tmp_path / "P1.txt").write_text("0 0 4 0 4 4 0 4 ship 0\n")
+    one_line_error(make_qa(tmp_path / "P1.txt", tmp_path), str(tmp_path), "no image for labels")

@@ -458,6 +458,8 @@ def build_bench(
     )
     try:
         reports = build_benchmark(config, chosen)
+    except LrsvqaError:
+        raise
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     console = Console()
