@@ -329,3 +329,18 @@ def test_bad_label_files_end_in_one_line(tmp_path, name, fmt, content, where):
 def test_labels_without_their_image(tmp_path):
     (tmp_path / "P1.txt").write_text("0 0 4 0 4 4 0 4 ship 0\n")
     one_line_error(make_qa(tmp_path / "P1.txt", tmp_path), str(tmp_path), "no image for labels")
+
+
+def test_missing_wordnet_is_one_line(tmp_path, monkeypatch):
+    from lrsvqa.bench import wordnet
+
+    answers = tmp_path / "a.jsonl"
+    row = {"question_id": "FAIR_1", "answer": "crimson", "ground_truth": "red"}
+    answers.write_text(json.dumps(row | {"category": "color"}) + "\n")
+    monkeypatch.setenv("LRSVQA_WORDNET_DIR", str(tmp_path))
+    wordnet.wordnet.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["score", str(answers)])
+    finally:
+        wordnet.wordnet.cache_clear()
+    one_line_error(result, str(tmp_path), "apt-get install wordnet-base")
