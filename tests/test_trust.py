@@ -64,9 +64,10 @@ def test_resume_refuses_answers_made_by_another_model_or_option(bench):
     assert first.exit_code == 0, first.output
     before = out.read_bytes()
     second = eval_cli(
-        root, questions, "--model", str(model_b), "--strategy-option", "alpha=0.9", "-o", str(out)
+        root, questions, "--model", str(model_b), "--strategy-option", "delay=0.001", "-o", str(out)
     )
-    line = one_line_error(second, str(out), "model (config, weights differ)", "alpha")
+    changed = ("model (config, weights differ)", "option delay: 0.0 -> 0.001")
+    line = one_line_error(second, str(out), *changed)
     assert "--output" in line
     assert out.read_bytes() == before
     same = eval_cli(root, questions, "--model", str(model_a), "-o", str(out))
@@ -113,7 +114,10 @@ def test_run_record_is_kept_beside_the_answers_and_copied_into_the_report(bench)
     assert record_path(out).name == "answers.run.json"
     assert record["model"] == fingerprint(model_a) and record["model"]["weights_sha256"]
     assert record["model"]["config_sha256"] and record["rfm"] is None
-    assert record["strategy"] == {"name": "test-oracle", "options": {"questions": str(questions)}}
+    assert record["strategy"]["name"] == "test-oracle"
+    options = record["strategy"]["options"]  # as parsed, defaults included
+    assert options["questions"] == str(questions) and options["delay"] == 0.0
+    assert options["dtype"] == "float32" and "device" not in options
     assert len(record["questions"]["sha256"]) == 64 and record["scoring_rule"] == "normalised"
     assert set(record["software"]) == {"lrsvqa", "torch", "transformers"}
     assert all(record["software"].values()) and "commit" in record
@@ -126,7 +130,7 @@ def test_run_record_is_kept_beside_the_answers_and_copied_into_the_report(bench)
 def test_default_output_names_carry_model_strategy_and_options(bench, monkeypatch):
     root, questions, model_a, model_b = bench
     monkeypatch.chdir(root)
-    for extra in ([], ["--strategy-option", "alpha=0.9"]):
+    for extra in ([], ["--strategy-option", "fail_on=zzz"]):
         for model in (model_a, model_b):
             assert eval_cli(root, questions, "--model", str(model), *extra).exit_code == 0
     names = sorted(p.name for p in (root / "outputs").glob("*.jsonl"))
@@ -221,7 +225,11 @@ def test_null_mme_fields_are_refused(tmp_path):
 
 def test_empty_question_file_stops_before_loading_the_model(tmp_path):
     built = []
-    oracle.register_strategy("test-built", lambda **o: built.append(o), replace=True)
+
+    def build(model, options):
+        built.append(options)
+
+    oracle.register_strategy("test-built", build, counter=oracle.count_oracle, replace=True)
     questions = tmp_path / "q.jsonl"
     questions.write_text("\n\n")
     args = ["eval", "--data-root", str(tmp_path), "--questions", str(questions)]
@@ -301,10 +309,10 @@ def test_debug_shows_the_traceback_of_input_errors(tmp_path, monkeypatch):
 
 
 def test_unexpected_errors_keep_their_traceback(tmp_path):
-    def broken(**options):
+    def broken(model, options):
         raise RuntimeError("a bug, not bad input")
 
-    oracle.register_strategy("test-broken", broken, replace=True)
+    oracle.register_strategy("test-broken", broken, counter=oracle.count_oracle, replace=True)
     questions = oracle.make_benchmark(tmp_path, images=1, per_image=1)
     args = ["eval", "--data-root", str(tmp_path), "--questions", str(questions)]
     result = CliRunner().invoke(app, [*args, "--strategy", "test-broken", "--no-progress"])

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lrsvqa.errors import InputFileError
+from lrsvqa.types import Box
 
-Box = tuple[float, float, float, float]
 Polygon = tuple[tuple[float, float], ...]
 LabelFormat = Literal["dota", "fair1m", "json", "geojson"]
 

@@ -15,7 +15,6 @@ the same format with its own prefix.
 
 from __future__ import annotations
 
-import codecs
 import json
 import re
 import string
@@ -25,8 +24,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from lrsvqa.errors import InputFileError, UnsafePathError
-
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box, read_lrsvqa_jsonl
 
 MME_RS_SUBSET = "MME-RealWorld-RS"
 
@@ -168,64 +166,30 @@ def subset_of(question_id: str) -> str:
 def load_lrs_vqa(path: Path) -> list[BenchItem]:
     """Read an LRS-VQA-format question file (official or synthetic).
 
-    A leading byte-order mark is accepted; lines are split on line ends only, never
-    inside a JSON string.
+    The rule (required and optional fields) is :mod:`lrsvqa.types`'s, shared with the
+    question generators.
 
     Raises:
-        QuestionFileError: A line is not UTF-8 or valid JSON, lacks a required field
-            (or has it null), or repeats a ``question_id`` (answer files are keyed by
-            id, so ids must be unique); the message gives ``file:line``.
+        QuestionFileError: ``file:line`` for a line that is not UTF-8 or JSON, breaks
+            the rule (a required field missing, null or empty), or repeats a
+            ``question_id`` (answer files are keyed by id, so ids must be unique).
     """
-    items: list[BenchItem] = []
-    seen: set[str] = set()
-    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
-    for number, raw in enumerate(data.splitlines(), start=1):
-        where = f"{path}:{number}"
-        if not raw.strip():
-            continue
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise QuestionFileError(where, f"not UTF-8 text (byte {exc.start})") from None
-        try:
-            item = _lrs_item(json.loads(line))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise QuestionFileError(where, f"bad LRS-VQA item ({exc})") from None
-        if item.question_id in seen:
-            raise QuestionFileError(where, f"duplicate question_id {item.question_id!r}")
-        seen.add(item.question_id)
-        items.append(item)
-    return items
-
-
-def text_field(row: Mapping[str, Any], name: str) -> str:
-    """A required field as text.
-
-    A null, object or list value is refused rather than turned into the text "None",
-    which would then be scored as an answer or reported as a category.
-    """
-    value = row[name]
-    if value is None:
-        raise ValueError(f"{name} is null")
-    if isinstance(value, dict | list | bool):
-        raise ValueError(f"{name} is a {type(value).__name__}, expected text or a number")
-    text = str(value)
-    if not text.strip():
-        raise ValueError(f"{name} is empty")
-    return text
+    try:
+        rows = read_lrsvqa_jsonl(path)
+    except InputFileError as error:
+        raise QuestionFileError(error.path, error.problem) from None
+    return [_lrs_item(row) for row in rows]
 
 
 def _lrs_item(row: Mapping[str, Any]) -> BenchItem:
-    """Build one LRS-VQA item from its JSON object."""
-    if not isinstance(row, Mapping):
-        raise TypeError(f"expected a JSON object, got {type(row).__name__}")
-    question_id = text_field(row, "question_id")
+    """Build one LRS-VQA item from its checked JSON object."""
+    question_id = str(row["question_id"])
     return BenchItem(
         question_id=question_id,
-        image=text_field(row, "image"),
-        question=text_field(row, "text"),
-        ground_truth=text_field(row, "ground_truth"),
-        category=text_field(row, "category"),
+        image=str(row["image"]),
+        question=str(row["text"]),
+        ground_truth=str(row["ground_truth"]),
+        category=str(row["category"]),
         subset=subset_of(question_id),
         hbox=as_box(row.get("hbox")),
     )

@@ -15,6 +15,7 @@ Not compared: the device (a resumed run may move to another GPU), the scoring ru
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import lrsvqa
 from lrsvqa.errors import RunMismatchError
 from lrsvqa.models.checkpoint import fingerprint
+from lrsvqa.strategies.registry import strategy_entry
 
 RECORD_SUFFIX = ".run.json"
 #: Options that are not part of the strategy's identity: where it runs, and the
@@ -115,7 +117,17 @@ def make_run_record(
     options: Mapping[str, Any],
     rule: str,
 ) -> dict[str, Any]:
-    """The run record of one ``lrsvqa eval`` configuration (see the module docstring)."""
+    """The run record of one ``lrsvqa eval`` configuration (see the module docstring).
+
+    The options are recorded as the strategy parses them, defaults filled in, so a
+    value given as text on the command line and as a number from Python is one run.
+
+    Raises:
+        KeyError: Unknown strategy.
+        ValueError: An option the strategy does not have or cannot parse.
+    """
+    model_options, own = strategy_entry(strategy).parse(options)
+    options = dataclasses.asdict(model_options) | dataclasses.asdict(own)
     model = options.get("model_path")
     rfm = options.get("rfm_path")
     return {
