@@ -385,12 +385,19 @@ def _describe(cls: type) -> list[dict[str, Any]]:
     return [
         {
             "name": f.name,
-            "type": str(f.type),
+            "type": _type_name(f.type),
             "default": getattr(defaults, f.name),
             "help": f.metadata.get("help", ""),
         }
         for f in dataclasses.fields(cls)
     ]
+
+
+def _type_name(annotation: Any) -> str:
+    """An annotation as written (``int``, ``tuple[int, ...] | None``), string or not."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _scan_package() -> None:
