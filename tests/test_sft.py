@@ -41,13 +41,13 @@ def test_token_head_loss_is_cross_entropy_over_labelled_tokens_only() -> None:
     heads = TokenHeads(adapter.hidden_size, {"colour": 2})
     examples = [_example(RED), _example(BLUE, labelled=False), _example(BLUE)]
     encoded = encode_batch(adapter, examples)
-    loss = heads.loss(encoded, examples)
+    loss = heads.loss(adapter, encoded, examples)
     # Independent computation: tiles are images 1, 3 and 5; the second has no labels.
     tokens = torch.cat([encoded[1][8:], encoded[5][8:]])
     target = torch.tensor([0] * 56 + [1] * 56)
     expected = torch.nn.functional.cross_entropy(heads.heads["colour"](tokens), target)
     torch.testing.assert_close(loss, expected)
-    assert heads.loss(encoded[:4], examples[1:2]).item() == 0.0
+    assert heads.loss(adapter, encoded[:4], examples[1:2]).item() == 0.0
 
 
 def test_vision_steps_train_the_vision_path_and_leave_the_llm_alone() -> None:

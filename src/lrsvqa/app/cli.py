@@ -522,7 +522,9 @@ def distill(
     image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
     rfm_layers: str | None = typer.Option(None, help="LLM layers the RFM starts from: 1,5,11,14."),
     pairs: str | None = typer.Option(
-        None, help="Distilled RFM:LLM layer pairs, e.g. 0:1,3:14 (default: first and last)."
+        None,
+        help="Distilled RFM:LLM layer pairs, e.g. 0:0,4:14 (RFM layer 0 is the leading copy "
+        "of LLM layer 0; default: first and last).",
     ),
     steps: int = typer.Option(1000, min=1, help="Optimizer steps of the whole schedule."),
     stop_after: int | None = typer.Option(
@@ -553,7 +555,7 @@ def distill(
     distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
 
     Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
-    --rfm-layers 1,5,11,14 --pairs 0:1,3:14 --steps 2000 --grad-accum 8 --bf16
+    --rfm-layers 1,5,11,14 --pairs 0:0,4:14 --steps 2000 --grad-accum 8 --bf16
     """
     import json
 

@@ -30,7 +30,7 @@ from lrsvqa.bench.templates import (
     generate_questions,
     plural,
 )
-from lrsvqa.imagery.pyramid import Box, Level
+from lrsvqa.imagery.pyramid import PAPER_TEXT_DIP_RULE, Box, Level
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
@@ -56,6 +56,9 @@ PALETTE_TOLERANCE = 12  # max per-channel distance of a resampled body pixel to 
 TOKEN_HEADS = {"colour": len(COLORS) + 1, "category": len(CATEGORIES) + 1}
 MODEL_DIRNAME = "model"
 RFM_DIRNAME = "rfm"
+# The DIP levels the recipe trains on (SFT examples and distillation): the rule in force
+# when the recipe was fixed. Not a config field, so the recipe's hashes stay valid.
+RECIPE_DIP_RULE = PAPER_TEXT_DIP_RULE
 
 
 def default_home() -> Path:
@@ -569,7 +572,7 @@ def _load_split(manifest: dict[str, Any], split_dir: Path, config: DefaultModelC
             LabeledObject.from_dict(o)
             for o in json.loads((split_dir / entry["labels"]).read_text())
         ]
-        reader = PyramidReader.open(split_dir / entry["image"])
+        reader = PyramidReader.open(split_dir / entry["image"], dip_rule=RECIPE_DIP_RULE)
         scenes.append((reader, objects))
         for variant in range(config.questions_per_scene):
             qs = generate_questions(
@@ -725,6 +728,7 @@ def _distill_default(
             pairs=[tuple(pair) for pair in config.distill_pairs],
             steps=config.distill_steps,
             lr=config.distill_lr,
+            dip_rule=RECIPE_DIP_RULE,
             save_every=0,
             eval_size=32,
             seed=config.seed,

@@ -79,7 +79,8 @@ def embed_batch(adapter: LlavaAdapter, samples: list[RawSample]) -> DistillBatch
     pieces, cursor = [], 0
     for sample in samples:
         count = len(sample.tiles)
-        thumbnail, tiles = encoded[cursor], encoded[cursor + 1 : cursor + 1 + count]
+        thumbnail = encoded[cursor]
+        tiles = adapter.pool_tiles(encoded[cursor + 1 : cursor + 1 + count])
         pieces.append(_sequence(adapter, sample, thumbnail, tiles))
         cursor += 1 + count
     batch, n = len(samples), max(p[0].shape[0] for p in pieces)

@@ -75,7 +75,7 @@ def answer_ids(adapter: LlavaAdapter, answer: str) -> torch.Tensor:
 
 
 def encode_batch(adapter: LlavaAdapter, examples: list[SFTExample]) -> torch.Tensor:
-    """Projected tokens of every example's thumbnail then tiles, with gradients."""
+    """Projected, unpooled tokens of every example's thumbnail then tiles, with gradients."""
     images = []
     for example in examples:
         images.append(example.visual.thumbnail)
@@ -84,13 +84,17 @@ def encode_batch(adapter: LlavaAdapter, examples: list[SFTExample]) -> torch.Ten
 
 
 def split_encoded(
-    encoded: torch.Tensor, examples: list[SFTExample]
+    adapter: LlavaAdapter, encoded: torch.Tensor, examples: list[SFTExample]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(thumbnail, tiles)`` tokens of each example, cut from :func:`encode_batch`'s output."""
+    """``(thumbnail, tiles)`` tokens of each example, cut from :func:`encode_batch`'s output.
+
+    Tiles are pooled as the model pools high-resolution tiles, as inference feeds them.
+    """
     parts, cursor = [], 0
     for example in examples:
         count = len(example.visual.tiles)
-        parts.append((encoded[cursor], encoded[cursor + 1 : cursor + 1 + count]))
+        tiles = adapter.pool_tiles(encoded[cursor + 1 : cursor + 1 + count])
+        parts.append((encoded[cursor], tiles))
         cursor += 1 + count
     return parts
 
@@ -129,7 +133,8 @@ def embed_batch(
     if encoded is None:
         encoded = encode_batch(adapter, examples)
     sequences, targets, queries, tile_positions, target_flags = [], [], [], [], []
-    for example, (thumbnail, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
+    parts = split_encoded(adapter, encoded, examples)
+    for example, (thumbnail, tiles) in zip(examples, parts, strict=True):
         visual = example.visual
         tokens = tiles.reshape(-1, adapter.hidden_size)
         positions = tile_token_positions(visual.positions, adapter.tokens_per_side)
@@ -227,15 +232,19 @@ class TokenHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, n) for name, n in classes.items()})
 
-    def loss(self, encoded: torch.Tensor, examples: list[SFTExample]) -> torch.Tensor:
+    def loss(
+        self, adapter: LlavaAdapter, encoded: torch.Tensor, examples: list[SFTExample]
+    ) -> torch.Tensor:
         """Mean cross-entropy of every head over the labelled tile tokens of a batch.
 
         Args:
+            adapter: The model (pools the tiles as it feeds them to the LLM).
             encoded: Output of :func:`encode_batch` for ``examples``.
             examples: The batch; examples without ``token_labels`` add nothing.
         """
         tokens, labels = [], {name: [] for name in self.heads}
-        for example, (_, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
+        parts = split_encoded(adapter, encoded, examples)
+        for example, (_, tiles) in zip(examples, parts, strict=True):
             visual = example.visual
             if visual.token_labels is None:
                 continue
@@ -275,7 +284,7 @@ def sft_loss(
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
     )
-    token_loss = heads.loss(encoded, examples) if heads is not None else output.loss * 0.0
+    token_loss = heads.loss(adapter, encoded, examples) if heads is not None else output.loss * 0.0
     if grounding_layers:
         ground = grounding_loss(adapter, batch, output.hidden_states, grounding_layers)
     else:
@@ -373,7 +382,7 @@ def train_sft(
             bar = tqdm(range(config.vision_steps), desc="sft vision", leave=False)
             for step in bar:
                 examples = sample_batch(step, config.batch_size)
-                loss = heads.loss(encode_batch(adapter, examples), examples)
+                loss = heads.loss(adapter, encode_batch(adapter, examples), examples)
                 _step(optimizer, loss, params)
                 token_losses.append(loss.item())
                 record("vision", step, {"token_loss": token_losses}, bar)
