@@ -12,6 +12,7 @@ from lrsvqa.budgets import pdrop_layers, vision_tokens_per_layer, visionzip_spli
 from lrsvqa.flops import (
     STRATEGY_NAMES,
     CountOptions,
+    ModelDims,
     TokenCount,
     c2f_tiles_from_trace,
     count_strategy,
@@ -340,6 +341,28 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
         assert result.vision_tokens_to_llm == expected.tokens_to_llm, name
         assert result.vision_tokens_encoded == expected.vision_tokens_encoded, name
         assert result.tflops == pytest.approx(expected.tflops(strategy.dims)), name
+
+
+def test_a_pooled_model_feeds_every_baseline_what_flops_counts(tmp_path, image_path):
+    # A checkpoint whose config pools tiles as the authors' LLaVA-NeXT does (8 x 8 -> 4 x 4).
+    model, processor = build_tiny_llava(WORDS)
+    model.config.mm_spatial_pool_stride = 2
+    model_dir = save_tiny_llava(model, processor, tmp_path / "pooled")
+    assert json.loads((model_dir / "config.json").read_text())["mm_spatial_pool_stride"] == 2
+    adapter = shared_adapter(model_dir)
+    assert (adapter.tokens_per_side, adapter.thumbnail_tokens) == (4, 64)
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2)  # independent of the strategies
+    counts = CountOptions(visionzip_retained=7, reduction_grid_tiles=9)
+    for name in [n for n in STRATEGY_NAMES if not n.startswith("c2f")]:
+        extra = {"retained": 7} if name == "visionzip" else {}
+        if name in ("visionzip", "prumerge++", "fastv", "pdrop"):
+            extra["grid_tiles"] = 9
+        strategy = build_strategy(name, model_path=str(model_dir), max_new_tokens=1, **extra)
+        result = strategy.answer(strategy.prepare(image_path), QUESTION)
+        expected = count_strategy(name, dims, *IMAGE_SIZE, counts)
+        assert result.vision_tokens_to_llm == expected.tokens_to_llm, name
+        assert result.vision_tokens_encoded == expected.vision_tokens_encoded, name
+        assert result.tflops == pytest.approx(expected.tflops(dims)), name
 
 
 def test_deep_c2f_trace_survives_the_answers_file():
