@@ -9,6 +9,7 @@ import typer
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES
+from lrsvqa.models.adapter import POOL_MODES
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -17,6 +18,11 @@ DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
 DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
 DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
+# ``--hr-pool-mode`` choices: how pooled high-resolution tiles are pooled (models.adapter).
+PoolMode = Enum("PoolMode", {mode: mode for mode in POOL_MODES}, type=str)
+_HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
+_POOL_MODE_HELP = "How tiles are pooled (default: the config's, else bilinear)."
+_NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
 
 app = typer.Typer(
     name="lrsvqa",
@@ -53,6 +59,9 @@ def ask(
     fixed_layers: int | None = typer.Option(None, help="Fix DIP layers reached (Tab. 6)."),
     min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(32, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
     device: str = typer.Option("cpu", help="Torch device."),
@@ -78,7 +87,16 @@ def ask(
     config = CoarseToFineConfig(
         alpha=alpha, max_tiles=max_tiles, fixed_layers=fixed_layers, max_new_tokens=max_new_tokens
     )
-    loaded = load_model(model, rfm, rfm_layers=_int_list(rfm_layers), dtype=dtype, device=device)
+    loaded = load_model(
+        model,
+        rfm,
+        rfm_layers=_int_list(rfm_layers),
+        dtype=dtype,
+        device=device,
+        hr_pool=hr_pool,
+        pool_mode=hr_pool_mode.value if hr_pool_mode else None,
+        newline=False if no_newline else None,
+    )
     result, reader = run_ask(
         loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
     )
@@ -539,7 +557,11 @@ def distill(
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
     dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
-    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
@@ -585,6 +607,10 @@ def distill(
         cpu=cpu,
         model_dtype=dtype,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=hr_pool_mode.value if hr_pool_mode else None,
+        newline=False if no_newline else None,
         seed=seed,
         num_workers=num_workers,
         log_every=log_every,

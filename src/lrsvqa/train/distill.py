@@ -96,6 +96,7 @@ class DistillConfig:
         dip_rule: DIP halving rule (``"official"`` or ``"paper-text"``), likewise.
         hr_pool: Pooling stride of the high-resolution tiles (None: the model's config;
             2 = the paper's model); inference must use the same.
+        pool_mode: How they are pooled (None: the model's config).
         newline: Row-end tokens (None: the model's own; False: none).
         seed: Seed of weights-independent randomness and data order.
         num_workers: ``DataLoader`` workers reading tiles.
@@ -133,6 +134,7 @@ class DistillConfig:
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
     dip_rule: str = DEFAULT_DIP_RULE
     hr_pool: int | None = None
+    pool_mode: str | None = None
     newline: bool | None = None
     seed: int = 0
     num_workers: int = 0
@@ -544,7 +546,7 @@ def distill(config: DistillConfig) -> DistillReport:
     accelerator = _accelerator(config)
     set_seed(config.seed)
     adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
-        hr_pool=config.hr_pool, newline=config.newline
+        hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
     )
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
