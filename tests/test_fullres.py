@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from lrsvqa.strategies.builtin import FullResolutionImage
 from lrsvqa.strategies.registry import build_strategy
 from tests.tiny_models import WORDS
 
@@ -37,3 +39,32 @@ def test_fullres_refuses_images_that_do_not_fit(model_dir, tmp_path):
     strategy = build_strategy("fullres", model_path=str(model_dir), max_tiles=4)
     with pytest.raises(ValueError, match="needs 12 tiles, more than max_tiles=4"):
         strategy.prepare(_image(tmp_path / "b.png", 1300, 700))
+
+
+def test_fullres_never_answers_a_new_image_with_a_freed_ones_tokens(model_dir, tmp_path):
+    # CPython reuses the address (and so the id()) of a freed object: a cache keyed by
+    # id() answered image b with image a's tokens once a was freed before b was made.
+    strategy = build_strategy("fullres", model_path=str(model_dir), max_new_tokens=1)
+    path_a = _image(tmp_path / "a.png", 700, 700)
+    path_b = tmp_path / "b.png"
+    Image.fromarray(255 - np.asarray(Image.open(path_a))).save(path_b)
+    contents = {}
+    for name, path in (("a", path_a), ("b", path_b)):
+        prepared = strategy.prepare(path)
+        contents[name] = (prepared.thumbnail, prepared.tiles, prepared.positions)
+        del prepared
+    expected = {}
+    for name in contents:  # each image alone, on a strategy with an empty cache
+        alone = build_strategy("fullres", model_path=str(model_dir), max_new_tokens=1)
+        alone.answer(FullResolutionImage(*contents[name]), "is")
+        expected[name] = alone._encoded[1]
+    assert not torch.equal(expected["a"], expected["b"])
+    ids = []
+    for name in ("a", "b", "a", "b"):
+        image = FullResolutionImage(*contents[name])  # the previous one was just freed
+        ids.append(id(image))
+        result = strategy.answer(image, "what color is the ship?")
+        assert torch.equal(strategy._encoded[1], expected[name]), name
+        assert result.vision_tokens_to_llm == expected[name].shape[0]
+        del image
+    assert len(set(ids)) < len(ids)  # the allocator did reuse an id: the case is exercised

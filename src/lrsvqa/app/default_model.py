@@ -111,7 +111,7 @@ class DefaultModelConfig:
     hidden_size: int = 128
     vision_hidden_size: int = 64
     num_layers: int = 6
-    sft_steps: int = 3000
+    sft_steps: int = 2000
     batch_size: int = 8
     learning_rate: float = 5e-4
     finest_level_share: float = 0.9

@@ -1,6 +1,7 @@
 """``lrsvqa demo``: the whole paper end to end on the embedded default.
 
-Builds (or loads from cache) the tiny model and its distilled RFM, generates a held-out
+Loads the shipped tiny model and its distilled RFM (or builds them where the shipped
+ones do not match the recipe), generates a held-out
 large scene, answers a few template questions with coarse-to-fine inference, and prints
 answers, ground truth and traces, plus an overlay PNG of where the model looked.
 """
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lrsvqa.app.default_model import DefaultModelConfig, build_default_model, default_home
+from lrsvqa.app.default_model import DefaultModelConfig, default_home
 from lrsvqa.app.inference import ask, load_model, trace_table
+from lrsvqa.app.shipped import resolve_default_model
 from lrsvqa.app.viz import save_attention_overlay
 from lrsvqa.bench.templates import generate_questions
 from lrsvqa.labels import LabeledObject
@@ -21,7 +23,14 @@ from lrsvqa.strategies.c2f import CoarseToFineConfig
 from lrsvqa.synthetic.scene import SceneSpec, generate_scene
 from lrsvqa.synthetic.world import write_scene
 
-DEMO_CATEGORIES = ("object color", "object category", "object shape", "object background")
+DEMO_CATEGORIES = (
+    "object color",
+    "object category",
+    "object shape",
+    "count",
+    "object position",
+    "object background",
+)
 DEMO_ALPHA = 0.1
 
 
@@ -42,7 +51,7 @@ def run_demo(
     *,
     side: int = 16384,
     seed: int = 0,
-    questions: int = 4,
+    questions: int = 5,
     home: Path | None = None,
     config: DefaultModelConfig | None = None,
     console: Console | None = None,
@@ -61,7 +70,7 @@ def run_demo(
     console = console or Console()
     home = home or default_home()
     out_dir = out_dir or home / "demo"
-    trained = build_default_model(home, config, log=console.print)
+    trained = resolve_default_model(home, config, log=console.print)
     loaded = load_model(trained.model_dir, trained.rfm_dir)
     console.print(f"model: {trained.model_dir}\nRFM: {trained.rfm_dir}")
     image, objects = demo_scene(out_dir, side, seed)

@@ -23,6 +23,7 @@ of :mod:`lrsvqa.flops` computed from the token counts the model actually saw.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -249,7 +250,10 @@ class FullResolutionStrategy(_ModelStrategy):
     ) -> None:
         super().__init__(name, adapter, max_new_tokens)
         self.max_tiles = max_tiles
-        self._encoded: tuple[int, torch.Tensor] | None = None
+        # The last image's vision sequence, so several questions on one image encode it
+        # once. The image is held by a weak reference compared with ``is``: an ``id()``
+        # key would match a later image that CPython allocated at a freed one's address.
+        self._encoded: tuple[weakref.ref[FullResolutionImage], torch.Tensor] | None = None
 
     def prepare(self, image_path: Path) -> FullResolutionImage:
         """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
@@ -269,12 +273,12 @@ class FullResolutionStrategy(_ModelStrategy):
     def answer(self, prepared: FullResolutionImage, question: str) -> StrategyResult:
         """Answer from the thumbnail and all full-resolution tokens."""
         adapter = self.adapter
-        if self._encoded is None or self._encoded[0] != id(prepared):
+        if self._encoded is None or self._encoded[0]() is not prepared:
             tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
             hr = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
             positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
             sequence, _, _ = layout_vision_tokens(hr, positions, tokens[0], adapter.image_newline)
-            self._encoded = (id(prepared), sequence)
+            self._encoded = (weakref.ref(prepared), sequence)
         sequence = self._encoded[1]
         embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
         answer = adapter.generate(embeds, self.max_new_tokens)

@@ -1,0 +1,77 @@
+"""The embedded default as shipped: export, checksums, the recipe check, package data."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lrsvqa.app.cli import app
+from lrsvqa.app.shipped import (
+    MANIFEST_NAME,
+    SMOKE_RECIPE,
+    StaleDefaultError,
+    read_manifest,
+    resolve_default_model,
+    shipped_default,
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    """``lrsvqa build-default --smoke --out DIR``: the CI smoke run of the real code path."""
+    out = tmp_path_factory.mktemp("default")
+    result = CliRunner().invoke(app, ["build-default", "--smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_build_default_writes_the_shipped_layout_with_a_manifest(exported: Path) -> None:
+    manifest = read_manifest(exported)
+    assert manifest["sft_key"] == SMOKE_RECIPE.sft_key()
+    assert manifest["distill_key"] == SMOKE_RECIPE.distill_key()
+    assert manifest["recipe"]["sft_steps"] == SMOKE_RECIPE.sft_steps
+    assert manifest["world_generator_version"] >= 4
+    assert manifest["training_seconds"]["sft"] > 0
+    assert manifest["final_losses"]["sft_loss_last"] > 0
+    names = set(manifest["files"])
+    assert "model/model.safetensors" in names
+    assert any(n.startswith("rfm-") and n.endswith(".safetensors") for n in names)
+    assert not [n for n in names if n.endswith((".bin", ".pkl", ".pt", ".jsonl"))]
+    on_disk = {
+        p.relative_to(exported).as_posix()
+        for p in exported.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and "build" not in p.relative_to(exported).parts
+    }
+    assert on_disk == names
+
+
+def test_shipped_folder_loads_and_answers_offline(exported: Path, monkeypatch) -> None:
+    from lrsvqa.app.inference import load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    trained = shipped_default(SMOKE_RECIPE, root=exported)
+    loaded = load_model(trained.model_dir, trained.rfm_dir)
+    assert loaded.rfm.rfm_config.layer_indices == list(SMOKE_RECIPE.rfm_layers)
+
+
+def test_a_stale_or_altered_shipped_folder_is_refused(exported: Path, tmp_path: Path) -> None:
+    with pytest.raises(StaleDefaultError, match="another recipe"):
+        shipped_default(replace(SMOKE_RECIPE, sft_steps=5), root=exported)
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy, ignore=shutil.ignore_patterns("build"))
+    weights = copy / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(StaleDefaultError, match="checksum"):
+        shipped_default(SMOKE_RECIPE, root=copy)
+    assert shipped_default(SMOKE_RECIPE, root=tmp_path / "nothing") is None
+
+
+def test_a_recipe_other_than_the_default_is_built_not_taken_from_the_package(
+    exported: Path,
+) -> None:
+    built = resolve_default_model(exported / "build", SMOKE_RECIPE, log=lambda _: None)
+    assert built.root.parent == exported / "build"
