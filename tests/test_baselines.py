@@ -365,6 +365,26 @@ def test_a_pooled_model_feeds_every_baseline_what_flops_counts(tmp_path, image_p
         assert result.tflops == pytest.approx(expected.tflops(dims)), name
 
 
+def test_hr_pool_and_newline_options_pool_an_unpooled_checkpoint(model_dir, image_path):
+    plain = shared_adapter(model_dir)
+    options = {"model_path": str(model_dir), "max_new_tokens": 1, "hr_pool": 2, "newline": False}
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
+    anyres = build_strategy("anyres-p9", **options)
+    assert anyres.adapter is build_strategy("fastv", **options).adapter  # one shared view
+    assert anyres.adapter.model is plain.model and plain.tokens_per_side == 8
+    result = anyres.answer(anyres.prepare(image_path), QUESTION)
+    assert (
+        result.vision_tokens_to_llm == count_strategy("anyres-p9", dims, *IMAGE_SIZE).tokens_to_llm
+    )
+    nodip = build_strategy("c2f-nodip", grid_tiles=4, **options)
+    result = nodip.answer(nodip.prepare(image_path), QUESTION)
+    expected = count_strategy("c2f-nodip", dims, *IMAGE_SIZE, CountOptions(reduction_grid_tiles=4))
+    assert result.trace["rfm_vision_tokens"] == list(expected.rfm_vision_tokens) == [64 + 4 * 16]
+    assert result.vision_tokens_to_llm == expected.tokens_to_llm == 64 + 16
+    with pytest.raises(TypeError, match="newline must be true or false"):
+        build_strategy("anyres-p9", model_path=str(model_dir), newline="no")
+
+
 def test_deep_c2f_trace_survives_the_answers_file():
     levels = [
         LevelTrace(

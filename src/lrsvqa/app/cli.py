@@ -161,6 +161,9 @@ def eval_command(
     rfm: Path | None = typer.Option(None, help="RFM weights, passed as rfm_path."),
     device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
     dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     strategy_option: list[str] = typer.Option(
         [], "--strategy-option", help="Extra strategy option key=value (JSON value), repeatable."
     ),
@@ -196,7 +199,15 @@ def eval_command(
         raise typer.BadParameter(f"choose one of {', '.join(BENCHMARKS)}", param_hint="--bench")
     if (rank is None) != (world_size is None):
         raise typer.BadParameter("give both --rank and --world-size, or neither")
-    options = {"model_path": model, "rfm_path": rfm, "device": device, "dtype": dtype}
+    options = {
+        "model_path": model,
+        "rfm_path": rfm,
+        "device": device,
+        "dtype": dtype,
+        "hr_pool": hr_pool,
+        "hr_pool_mode": hr_pool_mode.value if hr_pool_mode else None,
+        "newline": False if no_newline else None,
+    }
     options = {key: value for key, value in options.items() if value is not None}
     options |= _strategy_options(strategy_option)
     config = EvalConfig(

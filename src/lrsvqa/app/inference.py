@@ -51,8 +51,8 @@ def load_model(
     """
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
-    adapter = shared_adapter(model, dtype, device).with_options(
-        hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+    adapter = shared_adapter(
+        model, dtype, device, hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
     )
     return LoadedModel(adapter, shared_rfm(adapter, rfm, rfm_layers), training_free=rfm is None)
 

@@ -6,7 +6,9 @@ with keyword options:
 
 * common: ``model_path`` (or ``model``), ``device`` (``"cpu"``), ``dtype``
   (``"float32"``), ``rfm_path`` (or ``rfm``; used by the c2f strategies, ignored by
-  the others so one command line can drive them all), ``max_new_tokens`` (32);
+  the others so one command line can drive them all), ``max_new_tokens`` (32),
+  ``hr_pool`` / ``hr_pool_mode`` / ``newline`` (the model's pooling of high-resolution
+  tiles and row-end tokens; default: what the checkpoint says);
 * ``grid_tiles``: the anyres grid budget under VisionZip, PruMerge+, FastV and PDrop
   (default 144, the LRS-VQA paper's Tab. 4 setting) and c2f-nodip's grid (default
   80, c2f's ``N_max``, so both may look at as many tiles);
@@ -67,6 +69,7 @@ FULLRES_MAX_TILES = 1024
 
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
+_VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
 _RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
 
 
@@ -77,14 +80,30 @@ def _path_key(path: str | Path) -> str:
 
 
 def shared_adapter(
-    model_path: str | Path, dtype: str = "float32", device: str = "cpu"
+    model_path: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    *,
+    hr_pool: int | None = None,
+    pool_mode: str | None = None,
+    newline: bool | None = None,
 ) -> LlavaAdapter:
-    """The process-wide model for ``(path, dtype, device)``, loaded on first use."""
+    """The process-wide model for ``(path, dtype, device)``, loaded on first use.
+
+    With token options (:meth:`LlavaAdapter.with_options`; None keeps the checkpoint's)
+    it returns a view sharing the weights, kept for the process like the model, so
+    strategies asking for the same options share it (and its RFM).
+    """
     key = (_path_key(model_path), str(dtype), str(device))
     with _LOCK:
         if key not in _ADAPTERS:
             _ADAPTERS[key] = LlavaAdapter.from_pretrained(model_path, dtype=dtype, device=device)
-        return _ADAPTERS[key]
+        view_key = (*key, hr_pool, pool_mode, newline)
+        if view_key not in _VIEWS:
+            _VIEWS[view_key] = _ADAPTERS[key].with_options(
+                hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+            )
+        return _VIEWS[view_key]
 
 
 def share_adapter(
@@ -94,8 +113,11 @@ def share_adapter(
 
     For models that exist only in memory (benchmarks on random weights of a real size).
     """
+    key = (_path_key(model_path), str(dtype), str(device))
     with _LOCK:
-        _ADAPTERS[(_path_key(model_path), str(dtype), str(device))] = adapter
+        _ADAPTERS[key] = adapter
+        for view_key in [k for k in _VIEWS if k[:3] == key]:
+            del _VIEWS[view_key]
 
 
 def shared_rfm(
@@ -432,7 +454,7 @@ class CoarseToFineStrategy(_ModelStrategy):
         self.min_short_side = min_short_side
         self.dip_rule = dip_rule
         self.grid_tiles = grid_tiles
-        self.rfm_dims = ModelDims.from_config(adapter.config.to_dict(), rfm_layers=len(rfm.layers))
+        self.rfm_dims = replace(model_dims(adapter), rfm_layers=len(rfm.layers))
 
     def prepare(self, image_path: Path) -> PyramidReader:
         """Open the image lazily with its DIP (or single-grid) geometry."""
@@ -499,6 +521,11 @@ class CoarseToFineStrategy(_ModelStrategy):
 
 
 # ---------------------------------------------------------------------- factories
+def _optional(value: Any, kind: type) -> Any:
+    """``kind(value)``, None kept."""
+    return None if value is None else kind(value)
+
+
 @dataclass(frozen=True)
 class CommonOptions:
     """Options every factory accepts (see the module docstring)."""
@@ -508,6 +535,9 @@ class CommonOptions:
     dtype: str = "float32"
     rfm_path: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    hr_pool: int | None = None
+    hr_pool_mode: str | None = None
+    newline: bool | None = None
 
     @classmethod
     def split(
@@ -531,7 +561,12 @@ class CommonOptions:
             dtype=str(rest.pop("dtype", None) or "float32"),
             rfm_path=None if rfm is None else str(rfm),
             max_new_tokens=int(rest.pop("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+            hr_pool=_optional(rest.pop("hr_pool", None), int),
+            hr_pool_mode=_optional(rest.pop("hr_pool_mode", None), str),
+            newline=rest.pop("newline", None),
         )
+        if common.newline not in (None, True, False):
+            raise TypeError(f"strategy {name!r}: newline must be true or false")
         unknown = sorted(set(rest) - set(specific))
         if unknown:
             known = ", ".join(specific) or "none besides the common ones"
@@ -539,8 +574,15 @@ class CommonOptions:
         return common, rest
 
     def adapter(self) -> LlavaAdapter:
-        """The shared model."""
-        return shared_adapter(self.model_path, self.dtype, self.device)
+        """The shared model, with the token options asked for."""
+        return shared_adapter(
+            self.model_path,
+            self.dtype,
+            self.device,
+            hr_pool=self.hr_pool,
+            pool_mode=self.hr_pool_mode,
+            newline=self.newline,
+        )
 
 
 def make_thumbnail(**options: Any) -> ThumbnailStrategy:
