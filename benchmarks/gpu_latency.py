@@ -139,7 +139,6 @@ def build_model(smoke: bool, device: str) -> LlavaAdapter:
         **{k: v for k, v in QWEN2_7B_LLAVA_NEXT.items() if k != "model_type"},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -148,6 +147,7 @@ def build_model(smoke: bool, device: str) -> LlavaAdapter:
             model = LlavaNextForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(previous)
+    model.set_attn_implementation("sdpa")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = None  # always generate --new-tokens tokens
     return LlavaAdapter(model.eval(), processor)
