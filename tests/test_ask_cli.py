@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +153,10 @@ def test_ask_with_pooled_tiles_and_no_newlines(files):
     assert overlay.is_file()
     bad = CliRunner().invoke(app, [*args, "--hr-pool", "0"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+    mode = CliRunner().invoke(app, [*args, "--hr-pool-mode", "nearest"])
+    assert mode.exit_code != 0 and "bilinear, average, max" in mode.output
+
+
+def test_cli_module_imports_no_torch():
+    code = "import sys, lrsvqa.app.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -9,7 +9,6 @@ import typer
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES
-from lrsvqa.models.adapter import POOL_MODES
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -18,10 +17,8 @@ DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
 DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
 DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
-# ``--hr-pool-mode`` choices: how pooled high-resolution tiles are pooled (models.adapter).
-PoolMode = Enum("PoolMode", {mode: mode for mode in POOL_MODES}, type=str)
 _HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
-_POOL_MODE_HELP = "How tiles are pooled (default: the config's, else bilinear)."
+_POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
 _NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
 
 app = typer.Typer(
@@ -35,6 +32,19 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
+
+
+def _pool_mode(text: str | None) -> str | None:
+    """Check ``--hr-pool-mode`` against the adapter's modes (imported only when given)."""
+    if text is None:
+        return None
+    from lrsvqa.models.adapter import POOL_MODES
+
+    if text not in POOL_MODES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(POOL_MODES)}, got {text!r}", param_hint="--hr-pool-mode"
+        )
+    return text
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -60,7 +70,7 @@ def ask(
     min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
-    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(32, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
@@ -94,7 +104,7 @@ def ask(
         dtype=dtype,
         device=device,
         hr_pool=hr_pool,
-        pool_mode=hr_pool_mode.value if hr_pool_mode else None,
+        pool_mode=_pool_mode(hr_pool_mode),
         newline=False if no_newline else None,
     )
     result, reader = run_ask(
@@ -162,7 +172,7 @@ def eval_command(
     device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
     dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
-    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     strategy_option: list[str] = typer.Option(
         [], "--strategy-option", help="Extra strategy option key=value (JSON value), repeatable."
@@ -205,7 +215,7 @@ def eval_command(
         "device": device,
         "dtype": dtype,
         "hr_pool": hr_pool,
-        "hr_pool_mode": hr_pool_mode.value if hr_pool_mode else None,
+        "hr_pool_mode": _pool_mode(hr_pool_mode),
         "newline": False if no_newline else None,
     }
     options = {key: value for key, value in options.items() if value is not None}
@@ -597,7 +607,7 @@ def distill(
     min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
-    hr_pool_mode: PoolMode | None = typer.Option(None, help=_POOL_MODE_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
@@ -646,7 +656,7 @@ def distill(
         min_short_side=min_short_side,
         dip_rule=dip_rule.value,
         hr_pool=hr_pool,
-        pool_mode=hr_pool_mode.value if hr_pool_mode else None,
+        pool_mode=_pool_mode(hr_pool_mode),
         newline=False if no_newline else None,
         seed=seed,
         num_workers=num_workers,
