@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 
 from lrsvqa.app.default_model import (
-    MIN_LABEL_SCALE,
     READY_NAME,
     RECIPE_DIP_RULE,
     DefaultModelConfig,
-    TrainingSampler,
+    ask_templates,
     build_default_model,
-    recolor,
-    token_label_table,
     vocabulary,
 )
 from lrsvqa.app.demo import run_demo
@@ -21,6 +18,14 @@ from lrsvqa.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.synthetic import CATEGORIES, COLORS
+from lrsvqa.train.samplers import (
+    MIN_LABEL_SCALE,
+    TrainingRecord,
+    TrainingSampler,
+    recolor,
+    record_targets,
+    token_label_table,
+)
 
 MINI = DefaultModelConfig(
     train_scenes=2,
@@ -98,7 +103,6 @@ def test_demo_answers_and_writes_overlay(home, built, tmp_path):
 
 
 def test_sampler_keeps_target_tokens(built, home):
-    from lrsvqa.app.default_model import TrainingRecord, _record_targets
     from lrsvqa.bench.templates import generate_questions
     from lrsvqa.imagery.tiles import PyramidReader
     from lrsvqa.synthetic.world import generate_world
@@ -128,7 +132,7 @@ def test_sampler_keeps_target_tokens(built, home):
     assert set(vocabulary(questions)) >= {"color", "what"}
     reader = PyramidReader.open(split / entry["image"], dip_rule=RECIPE_DIP_RULE)
     records = [
-        TrainingRecord(0, q["text"], q["ground_truth"], _record_targets(q, objects))
+        TrainingRecord(0, q["text"], q["ground_truth"], record_targets(q, objects))
         for q in questions
     ]
     sampler = TrainingSampler(
@@ -186,7 +190,6 @@ def _touching(level, tiles, target) -> np.ndarray:
 
 def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
     """search_share=1: up to 3 x 3 neighbouring tiles around the target, its tokens marked."""
-    from lrsvqa.app.default_model import TrainingRecord, _record_targets
     from lrsvqa.bench.templates import generate_questions
     from lrsvqa.imagery.tiles import PyramidReader
 
@@ -199,7 +202,7 @@ def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
         objects, entry["image"], (entry["height"], entry["width"]), seed=0
     )
     records = [
-        TrainingRecord(0, q["text"], q["ground_truth"], _record_targets(q, objects))
+        TrainingRecord(0, q["text"], q["ground_truth"], record_targets(q, objects))
         for q in questions
         if q.get("hbox")
     ]
@@ -277,6 +280,7 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
         finest_level_share=1.0,
         label_tokens=True,
         layouts=[(scene, placements)],
+        ask=ask_templates,
         added_objects=(2, 4),
         question_weights={"object color": 1e9},
         focus_steps=1,
@@ -315,7 +319,6 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
 
 def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
     """crowd_share=1: finest-level tiles of the target and of 1-3 other objects."""
-    from lrsvqa.app.default_model import TrainingRecord
     from lrsvqa.imagery.tiles import PyramidReader
 
     split = built.root / "world" / "train"
@@ -345,3 +348,8 @@ def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
             assert flags[n].any() == ((row, col) in own)
     assert counts == {1, 2, 3}
     reader.close()
+
+
+def test_sampler_that_adds_objects_needs_a_question_generator():
+    with pytest.raises(ValueError, match="ask"):
+        TrainingSampler([], [], tokens_per_side=8, seed=0, layouts=[])

@@ -217,3 +217,49 @@ def test_pooled_official_rfm_distils_and_loads(tmp_path, one_thread):
     assert config["layer_indices"] == [0, 1, 3] and config["structure"] == "official"
     assert config["distill_pairs"] == [[0, 0], [2, 3]]
     assert len(RegionFocusModule.load(out, adapter).layers) == 3
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_planted_pickle_through_the_api_and_the_cli(tmp_path, one_thread):
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
+    from lrsvqa.train.checkpoint import CheckpointError
+    from tests.test_train_loop import plant_pickle
+
+    model, processor = build_tiny_llava(TOY_WORDS, num_layers=6, seed=0)
+    save_tiny_llava(model, processor, tmp_path / "model")
+    data = write_toy_dataset(tmp_path / "data", 2, seed=3, size_range=(300, 400))
+    out = tmp_path / "out"
+
+    def config(**changes) -> DistillConfig:
+        settings = dict(
+            model=str(tmp_path / "model"),
+            data=data,
+            out_dir=out,
+            rfm_layers=RFM_LAYERS,
+            pairs=PAIRS,
+            steps=2,
+            save_every=1,
+            progress=False,
+        )
+        return DistillConfig(**{**settings, **changes})
+
+    assert distill(config(stop_after=1)).steps == 1
+    folder = out / "checkpoints" / "step_0000001"
+    assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".bin", ".pt")]
+    marker = tmp_path / "pwned"
+    planted = plant_pickle(folder, marker)
+    with pytest.raises(CheckpointError, match="pickle"):
+        distill(config(resume=True))
+    assert not marker.exists()
+    command = ["distill", "--model", str(tmp_path / "model"), "--data", str(data)]
+    command += ["--out", str(out), "--rfm-layers", "0,1", "--pairs", "0:2,1:5", "--steps", "2"]
+    result = CliRunner().invoke(app, [*command, "--save-every", "1", "--resume"])
+    assert result.exit_code != 0 and not marker.exists()
+    assert "pickle" in str(result.exception) + result.output
+    # Without the planted file the same command resumes and finishes.
+    planted.unlink()
+    result = CliRunner().invoke(app, [*command, "--save-every", "1", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["start_step"] == 1

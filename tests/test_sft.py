@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from lrsvqa.train.sft import (
+from lrsvqa.train.batch import (
     IGNORE_INDEX,
-    SFTConfig,
     SFTExample,
-    TokenHeads,
     VisualInput,
-    build_batch,
     embed_batch,
     encode_batch,
+)
+from lrsvqa.train.sft import (
+    SFTConfig,
+    TokenHeads,
     grounding_loss,
     sft_loss,
     train_sft,
@@ -68,7 +69,8 @@ def test_vision_steps_train_the_vision_path_and_leave_the_llm_alone() -> None:
 
 
 def _first_answer_word(adapter, example: SFTExample) -> str:
-    embeds, _, labels = build_batch(adapter, [example])
+    batch = embed_batch(adapter, [example])
+    embeds, labels = batch.inputs_embeds, batch.labels
     start = int((labels[0] != IGNORE_INDEX).nonzero()[0])
     with torch.no_grad():
         logits = adapter.model(inputs_embeds=embeds[:, :start]).logits[0, -1]
@@ -127,8 +129,8 @@ def test_grounding_loss_is_the_log_share_of_eager_attention_on_the_target() -> N
     batch = embed_batch(adapter, examples)
     with torch.no_grad():
         output = adapter.model(
-            inputs_embeds=batch.embeds,
-            attention_mask=batch.mask,
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
             output_hidden_states=True,
             output_attentions=True,
         )
@@ -138,7 +140,7 @@ def test_grounding_loss_is_the_log_share_of_eager_attention_on_the_target() -> N
     expected = []
     for layer in layers:
         for i in (0, 2):
-            row = output.attentions[layer][i, :, batch.query_positions[i]].mean(0)
+            row = output.attentions[layer][i, :, batch.query_positions[i, 0]].mean(0)
             visual = examples[i].visual
             tile_row = row[batch.tile_positions[i]]
             # Tile tokens sit in the sequence in raster order of the kept tokens; the

@@ -672,6 +672,63 @@ def distill(
 
 
 @app.command()
+def sft(
+    model: str = typer.Option(..., help="LLaVA checkpoint folder (or hub id) to fine-tune."),
+    data: Path = typer.Option(..., exists=True, dir_okay=False, help="LLaVA-format JSON."),
+    out: Path = typer.Option(..., "--out", help="Output folder: model, log, checkpoints."),
+    image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
+    steps: int | None = typer.Option(None, min=1, help="Optimizer steps [SFTConfig: 1000]."),
+    stop_after: int | None = typer.Option(
+        None, min=1, help="Stop this run at this step (checkpointed); --resume continues."
+    ),
+    batch_size: int | None = typer.Option(None, min=1, help="Examples per step [16]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate [1e-3]."),
+    warmup_steps: int | None = typer.Option(None, min=0, help="Warm-up steps [50]."),
+    max_grad_norm: float | None = typer.Option(None, min=0, help="Clip norm, 0: off [1.0]."),
+    save_every: int = typer.Option(200, min=0, help="Steps between checkpoints (0: none)."),
+    log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
+    dtype: str = typer.Option("float32", help="Dtype of the model."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    seed: int = typer.Option(0, help="Seed of data order and randomness."),
+) -> None:
+    """Fine-tune a LLaVA model on LLaVA-format conversations (the loop distill uses).
+
+    Each turn trains on the image's thumbnail and coarsest-level tiles with its answer
+    as the target; OUT/model is the result (use it as --model). Unset options take
+    SFTConfig's defaults.
+
+    Example: lrsvqa sft --model ./llava --data sft.json --out ft --steps 2000 --lr 2e-5
+    """
+    import json
+
+    from lrsvqa.train.sft import SFTConfig, finetune_conversations
+
+    chosen = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": lr,
+        "warmup_steps": warmup_steps,
+        "max_grad_norm": max_grad_norm,
+        "log_every": log_every,
+    }
+    config = SFTConfig(save_every=save_every, **{k: v for k, v in chosen.items() if v is not None})
+    report = finetune_conversations(
+        model,
+        data,
+        out,
+        config,
+        image_root=image_root,
+        min_short_side=min_short_side,
+        seed=seed,
+        stop_after=stop_after,
+        resume=resume,
+        dtype=dtype,
+    )
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
 def flops(
     config: Path = typer.Option(..., exists=True, help="LLaVA config.json (or its folder)."),
     image_size: str = typer.Option("4000x4000", help="WIDTHxHEIGHT in pixels."),

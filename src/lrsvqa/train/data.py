@@ -170,11 +170,14 @@ class TextLayout:
         suffix_ids: Every token after the image: questions, generation prompts, answers.
         query_offsets: For each turn, the index in ``suffix_ids`` of the last token
             before the answer starts (the token inference would generate from).
+        label_ids: Optional target id per ``suffix_ids`` token (``-100`` where no loss
+            applies), for training on the answers (SFT).
     """
 
     prefix_ids: torch.Tensor
     suffix_ids: torch.Tensor
     query_offsets: tuple[int, ...]
+    label_ids: torch.Tensor | None = None
 
 
 def _messages(turns: Sequence[Turn]) -> list[dict]:
@@ -241,16 +244,21 @@ class RawSample:
         where: Origin of the item.
         text: Token layout of the dialogue.
         thumbnail: (B, B, 3) uint8 global view.
-        tiles: (T, B, B, 3) uint8 tiles of the coarsest DIP level, row-major.
+        tiles: (T, B, B, 3) uint8 tiles (the coarsest DIP level's, row-major, here).
         positions: (T * g * g, 2) global token-grid position of every tile token,
             tile-major, as :func:`tile_token_positions` lays them out.
+        keep: Optional bool mask over the tile tokens, as left by pruning.
+        target_tokens: Optional bool mask over the tile tokens (before ``keep``) marking
+            what the answer depends on.
     """
 
     where: str
     text: TextLayout
     thumbnail: np.ndarray
-    tiles: np.ndarray
+    tiles: np.ndarray | list[np.ndarray]
     positions: np.ndarray
+    keep: np.ndarray | None = None
+    target_tokens: np.ndarray | None = None
 
 
 class ConversationDataset(Dataset):

@@ -1,18 +1,20 @@
 """Distil the Region Focus Module from the frozen LLM (paper sec. 4.1.2), on accelerate.
 
-The loop is a plain accelerate loop, so the same code runs on one CPU, several GPUs
-(DDP), several nodes, DeepSpeed ZeRO or FSDP, chosen by ``accelerate launch`` /
-``torchrun`` configuration. Only :class:`StudentAttention` (holding the RFM) is handed
-to ``accelerator.prepare``: the vision tower, projector and LLM stay frozen outside the
-wrapped module, and the teacher's attention is computed under ``no_grad``.
+Training runs in the shared loop (:mod:`lrsvqa.train.loop`), so the same code runs on
+one CPU, several GPUs (DDP) or several nodes, chosen by ``accelerate launch`` /
+``torchrun`` configuration (DeepSpeed ZeRO and FSDP without checkpoints). Only
+:class:`StudentAttention` (holding the RFM) is handed to ``accelerator.prepare``: the
+vision tower, projector and LLM stay frozen outside the wrapped module, and the
+teacher's attention is computed under ``no_grad``.
 
 Outputs in ``out_dir``:
 
 * ``rfm.safetensors`` + ``rfm_config.json``: what :meth:`RegionFocusModule.load` reads
   (the config records ``distill_pairs``);
 * ``log.jsonl``: one line per logging window (step, loss, kl, kl_hr, mse, lr);
-* ``checkpoints/step_NNNNNNN``: ``accelerator.save_state`` folders (RFM, optimizer,
-  scheduler, RNG, progress) that ``resume`` continues from;
+* ``checkpoints/step_NNNNNNN``: safetensors + JSON folders (RFM, optimizer, schedule,
+  RNG, data position, progress; see :mod:`lrsvqa.train.checkpoint`, never a pickle)
+  that ``resume`` continues from;
 * ``report.json``: the :class:`DistillReport`.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +31,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
@@ -43,6 +42,7 @@ from lrsvqa.models.rfm import (
 )
 from lrsvqa.strategies.c2f import DEFAULT_ALPHA
 from lrsvqa.train.batch import embed_batch
+from lrsvqa.train.checkpoint import check_folder, list_checkpoints
 from lrsvqa.train.data import (
     Conversation,
     ConversationData,
@@ -50,7 +50,8 @@ from lrsvqa.train.data import (
     collate,
     load_conversations,
 )
-from lrsvqa.train.losses import LossTerms, LossWeights, distillation_loss, top_overlap
+from lrsvqa.train.loop import LoaderSource, LoopConfig, Phase, TrainingLoop, warmup_cosine
+from lrsvqa.train.losses import LossWeights, distillation_loss, top_overlap
 from lrsvqa.train.teacher import (
     StudentAttention,
     mark_trainable,
@@ -231,49 +232,6 @@ class DistillReport:
         return data
 
 
-@dataclass
-class TrainingProgress:
-    """Counters saved with every checkpoint so a resumed run continues where it stopped.
-
-    Attributes:
-        step: Optimizer steps done.
-        micro_batches: Micro-batches consumed by this process (data position).
-    """
-
-    step: int = 0
-    micro_batches: int = 0
-
-    def state_dict(self) -> dict[str, int]:
-        """For ``accelerator.register_for_checkpointing``."""
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Restore from a checkpoint."""
-        self.step, self.micro_batches = int(state["step"]), int(state["micro_batches"])
-
-
-class LossWindow:
-    """Running sums of the loss terms between two log lines."""
-
-    def __init__(self) -> None:
-        self.sums = torch.zeros(4, dtype=torch.float64)
-        self.count = 0
-
-    def add(self, terms: LossTerms) -> None:
-        """Add one micro-batch's (detached) terms."""
-        values = torch.stack([terms.loss, terms.kl, terms.kl_hr, terms.mse]).detach()
-        self.sums += values.double().cpu()
-        self.count += 1
-
-    def flush(self, accelerator: Accelerator) -> dict[str, float]:
-        """Means over the window and over processes; resets the window."""
-        means = (self.sums / max(self.count, 1)).to(accelerator.device)
-        means = accelerator.reduce(means, reduction="mean").cpu()
-        self.sums.zero_()
-        self.count = 0
-        return dict(zip(("loss", "kl", "kl_hr", "mse"), means.tolist(), strict=True))
-
-
 # ---------------------------------------------------------------------- set-up
 def _accelerator(config: DistillConfig) -> Accelerator:
     """Accelerator whose accumulation ignores epoch ends.
@@ -422,17 +380,9 @@ def evaluate_agreement(
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _checkpoints(out_dir: Path) -> list[Path]:
-    """Checkpoint folders, oldest first."""
-    root = out_dir / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-
-
 def _resume_dir(config: DistillConfig, out_dir: Path) -> Path | None:
     """Checkpoint to resume from, refusing to silently restart over existing checkpoints."""
-    existing = _checkpoints(out_dir)
+    existing = list_checkpoints(out_dir / CHECKPOINTS_DIR)
     if config.resume is True:
         if not existing:
             raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from")
@@ -448,29 +398,6 @@ def _resume_dir(config: DistillConfig, out_dir: Path) -> Path | None:
             "resume from them or use another output directory"
         )
     return None
-
-
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
-    accelerator.save_state(str(out_dir / CHECKPOINTS_DIR / f"step_{step:07d}"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for old in _checkpoints(out_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _open_log(path: Path, keep_until: int) -> None:
-    """Start the log, keeping the lines a resumed run has already produced."""
-    lines = path.read_text().splitlines() if path.is_file() and keep_until > 0 else []
-    kept = [line for line in lines if line and json.loads(line)["step"] <= keep_until]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _append_log(accelerator: Accelerator, path: Path, record: dict) -> None:
-    """One JSON line per logging window, written by the main process only."""
-    if accelerator.is_main_process:
-        with path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
 
 
 def _export(
@@ -501,19 +428,22 @@ def _export(
 
 
 # ---------------------------------------------------------------------- training
-def _micro_step(
+def _distill_phase(
     accelerator: Accelerator,
     adapter: LlavaAdapter,
     student: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    samples: list,
-    llm_layers: list[int],
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    pairs: list[tuple[int, int]],
     config: DistillConfig,
-) -> LossTerms:
-    """Forward teacher and student on one micro-batch, backward, maybe step."""
-    with accelerator.accumulate(student):
+) -> Phase:
+    """The loop's phase: teacher and student on a micro-batch, the loss of eq. 6."""
+    llm_layers = [m for _, m in pairs]
+
+    def loss(samples: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with accelerator.autocast():
-            batch = embed_batch(adapter, samples)
+            with torch.no_grad():  # the encoder is frozen
+                batch = embed_batch(adapter, samples)
             teacher = teacher_attention(
                 adapter,
                 batch.inputs_embeds,
@@ -525,12 +455,11 @@ def _micro_step(
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, config.weights
         )
-        accelerator.backward(terms.loss)
-        if accelerator.sync_gradients and config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(student.parameters(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-    return terms
+        logged = {"loss": terms.loss, "kl": terms.kl, "kl_hr": terms.kl_hr, "mse": terms.mse}
+        return terms.loss, logged
+
+    params = list(student.parameters())
+    return Phase("distill", config.steps, loss, optimizer, params, scheduler, models=(student,))
 
 
 def distill(config: DistillConfig) -> DistillReport:
@@ -541,6 +470,10 @@ def distill(config: DistillConfig) -> DistillReport:
 
     Returns:
         The report (agreement before/after on the main process only).
+
+    Raises:
+        CheckpointError: The checkpoint to resume from holds a pickle-format file or
+            is not one this module wrote.
     """
     out_dir = Path(config.out_dir)
     accelerator = _accelerator(config)
@@ -552,6 +485,8 @@ def distill(config: DistillConfig) -> DistillReport:
     trainable = mark_trainable(rfm)
     dataset, eval_dataset = _datasets(adapter, config)
     resume_from = _resume_dir(config, out_dir)
+    if resume_from is not None:
+        check_folder(resume_from)  # fail before the agreement measurement, not after
     before = None
     if eval_dataset is not None and accelerator.is_main_process:
         before = evaluate_agreement(
@@ -566,27 +501,33 @@ def distill(config: DistillConfig) -> DistillReport:
         num_workers=config.num_workers,
     )
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * config.steps), config.steps
-    )
+    # Stepped once per optimizer step by the loop, not by accelerate (which would step
+    # it once per process), so it is not prepared.
+    warmup = math.ceil(config.warmup_ratio * config.steps)
+    scheduler = warmup_cosine(optimizer, warmup, config.steps)
     student = StudentAttention(rfm, [r for r, _ in pairs])
     student, optimizer, loader = accelerator.prepare(student, optimizer, loader)
-    progress = TrainingProgress()
-    # The scheduler is stepped once per optimizer step by us, not by accelerate (which
-    # would step it once per process), so it is registered rather than prepared.
-    accelerator.register_for_checkpointing(scheduler, progress)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-    start_step = progress.step
-    log_path = out_dir / LOG_NAME
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _open_log(log_path, start_step)
-    records = _train(
-        accelerator, adapter, student, optimizer, scheduler, loader, progress, pairs, config
+    loop = TrainingLoop(
+        accelerator,
+        [_distill_phase(accelerator, adapter, student, optimizer, scheduler, pairs, config)],
+        LoaderSource(accelerator, loader),
+        LoopConfig(
+            max_grad_norm=config.max_grad_norm,
+            log_every=config.log_every,
+            save_every=config.save_every,
+            save_total_limit=config.save_total_limit,
+            stop_after=config.stop_after,
+            progress=config.progress,
+        ),
+        {"rfm": student},
+        checkpoint_dir=out_dir / CHECKPOINTS_DIR,
+        log_path=out_dir / LOG_NAME,
     )
-    if config.save_every and progress.step > start_step:
-        _save_checkpoint(accelerator, out_dir, progress.step, config.save_total_limit)
+    if resume_from is not None:
+        loop.resume(resume_from)
+    student.train()
+    result = loop.run()
+    records = result.records
     distilled = _export(accelerator, student, adapter, rfm.rfm_config, out_dir)
     after = None
     if eval_dataset is not None and distilled is not None:
@@ -595,8 +536,8 @@ def distill(config: DistillConfig) -> DistillReport:
         )
     report = DistillReport(
         out_dir=out_dir,
-        steps=progress.step,
-        start_step=start_step,
+        steps=result.step,
+        start_step=result.start_step,
         num_processes=accelerator.num_processes,
         layer_indices=list(rfm.rfm_config.layer_indices),
         pairs=[list(pair) for pair in pairs],
@@ -610,63 +551,3 @@ def distill(config: DistillConfig) -> DistillReport:
         (out_dir / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     accelerator.wait_for_everyone()
     return report
-
-
-def _train(
-    accelerator: Accelerator,
-    adapter: LlavaAdapter,
-    student: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: DataLoader,
-    progress: TrainingProgress,
-    pairs: list[tuple[int, int]],
-    config: DistillConfig,
-) -> list[dict]:
-    """Run optimizer steps up to ``config.steps`` (or ``stop_after``); returns the log records."""
-    out_dir = Path(config.out_dir)
-    target = min(config.steps, config.stop_after or config.steps)
-    llm_layers = [m for _, m in pairs]
-    window, records = LossWindow(), []
-    bar = tqdm(
-        total=config.steps,
-        initial=progress.step,
-        desc="distill",
-        disable=not (config.progress and accelerator.is_main_process),
-    )
-    student.train()
-    while progress.step < target:
-        epoch, skip = divmod(progress.micro_batches, len(loader))
-        loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for samples in batches:
-            terms = _micro_step(
-                accelerator, adapter, student, optimizer, samples, llm_layers, config
-            )
-            progress.micro_batches += 1
-            window.add(terms)
-            if not accelerator.sync_gradients:
-                continue
-            progress.step += 1
-            scheduler.step()
-            bar.update(1)
-            if progress.step % config.log_every == 0 or progress.step == target:
-                record = {
-                    "step": progress.step,
-                    "epoch": round(progress.micro_batches / len(loader), 4),
-                    **window.flush(accelerator),
-                    "lr": scheduler.get_last_lr()[0],
-                }
-                records.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4g}")
-                _append_log(accelerator, out_dir / LOG_NAME, record)
-            if (
-                config.save_every
-                and progress.step % config.save_every == 0
-                and progress.step < target
-            ):
-                _save_checkpoint(accelerator, out_dir, progress.step, config.save_total_limit)
-            if progress.step >= target:
-                break
-    bar.close()
-    return records

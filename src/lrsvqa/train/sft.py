@@ -19,172 +19,40 @@ tiny LLM trained from scratch on answers alone spreads its attention evenly.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
+from accelerate import Accelerator
 from torch import nn
-from tqdm.auto import tqdm
 
+from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.train.batch import (
+    IGNORE_INDEX,
+    EmbeddedBatch,
+    SFTExample,
+    embed_batch,
+    encode_batch,
+    split_encoded,
+)
+from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.data import ConversationData, load_conversations
+from lrsvqa.train.loop import (
+    LoopConfig,
+    Phase,
+    Stateful,
+    StepSampler,
+    TrainingLoop,
+    warmup_cosine,
+)
+from lrsvqa.train.samplers import ConversationSampler
 from lrsvqa.train.teacher import rows_from_hidden_states
 
-IGNORE_INDEX = -100
-
-
-@dataclass
-class VisualInput:
-    """The visual part of one example.
-
-    Attributes:
-        thumbnail: ``B x B`` uint8 RGB thumbnail.
-        tiles: ``B x B`` uint8 RGB tiles of one pyramid level.
-        positions: Grid position ``(row, col)`` of each tile in its level.
-        keep: Optional bool mask over the tiles' tokens (tile-major), as left by pruning.
-        token_labels: Optional class index per tile token (tile-major, before ``keep``)
-            for each token head, ``IGNORE_INDEX`` where unknown.
-        target_tokens: Optional bool mask over the tiles' tokens (tile-major, before
-            ``keep``) marking the object the answer depends on, for the grounding loss.
-    """
-
-    thumbnail: np.ndarray
-    tiles: list[np.ndarray]
-    positions: list[tuple[int, int]]
-    keep: np.ndarray | None = None
-    token_labels: dict[str, np.ndarray] | None = None
-    target_tokens: np.ndarray | None = None
-
-
-@dataclass
-class SFTExample:
-    """One question-answer pair on one visual input."""
-
-    visual: VisualInput
-    question: str
-    answer: str
-
-
-def answer_ids(adapter: LlavaAdapter, answer: str) -> torch.Tensor:
-    """Token ids the model must produce: the answer, then end-of-sequence."""
-    ids = adapter.tokenizer(" " + answer, add_special_tokens=False).input_ids
-    return torch.tensor([*ids, adapter.tokenizer.eos_token_id], device=adapter.device)
-
-
-def encode_batch(adapter: LlavaAdapter, examples: list[SFTExample]) -> torch.Tensor:
-    """Projected, unpooled tokens of every example's thumbnail then tiles, with gradients."""
-    images = []
-    for example in examples:
-        images.append(example.visual.thumbnail)
-        images.extend(example.visual.tiles)
-    return adapter.encode_pixels(adapter.pixel_values(images))
-
-
-def split_encoded(
-    adapter: LlavaAdapter, encoded: torch.Tensor, examples: list[SFTExample]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(thumbnail, tiles)`` tokens of each example, cut from :func:`encode_batch`'s output.
-
-    Tiles are pooled as the model pools high-resolution tiles, as inference feeds them.
-    """
-    parts, cursor = [], 0
-    for example in examples:
-        count = len(example.visual.tiles)
-        tiles = adapter.pool_tiles(encoded[cursor + 1 : cursor + 1 + count])
-        parts.append((encoded[cursor], tiles))
-        cursor += 1 + count
-    return parts
-
-
-@dataclass
-class EmbeddedBatch:
-    """A right-padded batch, plus where each example's question ends and its targets sit.
-
-    Attributes:
-        embeds: (batch, n, hidden) input embeddings.
-        mask: (batch, n) attention mask, 1 for real tokens.
-        labels: (batch, n) answer token ids, ``IGNORE_INDEX`` elsewhere.
-        query_positions: (batch,) index of the last prompt token (the RFM's query).
-        tile_positions: Per example, sequence index of every kept tile token.
-        target_flags: Per example, bool per kept tile token (None without targets).
-    """
-
-    embeds: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor
-    query_positions: torch.Tensor
-    tile_positions: list[torch.Tensor]
-    target_flags: list[torch.Tensor | None]
-
-
-def embed_batch(
-    adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
-) -> EmbeddedBatch:
-    """Embed a batch (with gradients through the vision tower and projector).
-
-    Args:
-        adapter: The model.
-        examples: The batch.
-        encoded: Output of :func:`encode_batch` when the caller already has it.
-    """
-    if encoded is None:
-        encoded = encode_batch(adapter, examples)
-    sequences, targets, queries, tile_positions, target_flags = [], [], [], [], []
-    parts = split_encoded(adapter, encoded, examples)
-    for example, (thumbnail, tiles) in zip(examples, parts, strict=True):
-        visual = example.visual
-        tokens = tiles.reshape(-1, adapter.hidden_size)
-        positions = tile_token_positions(visual.positions, adapter.tokens_per_side)
-        flags = visual.target_tokens
-        if visual.keep is not None:
-            index = torch.as_tensor(np.flatnonzero(visual.keep), device=tokens.device)
-            tokens, positions = tokens[index], positions[visual.keep]
-            flags = flags[visual.keep] if flags is not None else None
-        vision, hr_index, order = layout_vision_tokens(
-            tokens, positions, thumbnail, adapter.image_newline
-        )
-        prompt_embeds, vision_slice = adapter.assemble(
-            adapter.prompt_parts(example.question), vision
-        )
-        queries.append(prompt_embeds.shape[1] - 1)
-        tile_positions.append(torch.as_tensor(vision_slice.start + hr_index, device=adapter.device))
-        target_flags.append(
-            torch.as_tensor(flags[order], device=adapter.device)
-            if flags is not None and flags.any()
-            else None
-        )
-        target = answer_ids(adapter, example.answer)
-        sequences.append(torch.cat([prompt_embeds[0], adapter.embed_ids(target)]))
-        labels = torch.full((sequences[-1].shape[0],), IGNORE_INDEX, device=adapter.device)
-        labels[-len(target) :] = target
-        targets.append(labels)
-    length = max(seq.shape[0] for seq in sequences)
-    embeds = sequences[0].new_zeros(len(sequences), length, adapter.hidden_size)
-    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=adapter.device)
-    labels = torch.full((len(sequences), length), IGNORE_INDEX, device=adapter.device)
-    for i, (seq, lab) in enumerate(zip(sequences, targets, strict=True)):
-        embeds[i, : seq.shape[0]] = seq
-        mask[i, : seq.shape[0]] = 1
-        labels[i, : seq.shape[0]] = lab
-    return EmbeddedBatch(
-        embeds,
-        mask,
-        labels,
-        torch.as_tensor(queries, device=adapter.device),
-        tile_positions,
-        target_flags,
-    )
-
-
-def build_batch(
-    adapter: LlavaAdapter, examples: list[SFTExample], encoded: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inputs_embeds, attention_mask, labels)`` of :func:`embed_batch`."""
-    batch = embed_batch(adapter, examples, encoded)
-    return batch.embeds, batch.mask, batch.labels
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIRNAME = "model"
 
 
 def grounding_loss(
@@ -207,9 +75,10 @@ def grounding_loss(
     """
     grounded = [i for i, flags in enumerate(batch.target_flags) if flags is not None]
     if not grounded or not layers:
-        return batch.embeds.sum() * 0.0
-    queries = batch.query_positions[:, None]
-    rows = rows_from_hidden_states(adapter, hidden_states, queries, batch.mask, layers)
+        return batch.inputs_embeds.sum() * 0.0
+    rows = rows_from_hidden_states(
+        adapter, hidden_states, batch.query_positions, batch.attention_mask, layers
+    )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
     for per_layer in attention:
@@ -278,8 +147,8 @@ def sft_loss(
     encoded = encode_batch(adapter, examples)
     batch = embed_batch(adapter, examples, encoded)
     output = adapter.model(
-        inputs_embeds=batch.embeds,
-        attention_mask=batch.mask,
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
         labels=batch.labels,
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
@@ -301,7 +170,9 @@ class SFTConfig:
         batch_size: Examples per step.
         learning_rate: Peak AdamW learning rate (linear warm-up, cosine decay).
         warmup_steps: Linear warm-up steps.
+        min_lr_ratio: Floor of the cosine decay, as a share of the peak rate.
         weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping norm (0 disables).
         log_every: Steps between log lines.
         token_heads: Classes of each token head (empty: no heads).
         token_loss_weight: Weight of the token-head loss next to the answer loss.
@@ -310,23 +181,31 @@ class SFTConfig:
         grounding_layers: LLM layers whose last-prompt-token attention the grounding
             loss pulls onto the answer's target tokens (empty: no grounding loss).
         grounding_loss_weight: Weight of the grounding loss next to the answer loss.
+        save_every: Steps between checkpoints (0: none), counted over both phases.
+        save_total_limit: Checkpoints kept (oldest deleted first).
     """
 
     steps: int = 1000
     batch_size: int = 16
     learning_rate: float = 1e-3
     warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
     log_every: int = 25
     token_heads: dict[str, int] = field(default_factory=dict)
     token_loss_weight: float = 0.5
     vision_steps: int = 0
     grounding_layers: tuple[int, ...] = ()
     grounding_loss_weight: float = 0.1
+    save_every: int = 0
+    save_total_limit: int = 2
 
     def __post_init__(self) -> None:
         if self.vision_steps and not self.token_heads:
             raise ValueError("vision_steps train the token heads alone: set token_heads too")
+        if min(self.steps, self.vision_steps, self.save_every) < 0 or self.save_total_limit < 1:
+            raise ValueError("steps, vision_steps, save_every must be >= 0; save_total_limit >= 1")
 
 
 def train_sft(
@@ -334,6 +213,12 @@ def train_sft(
     sample_batch: Callable[[int, int], list[SFTExample]],
     config: SFTConfig,
     log_path: Path | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    sampler_state: Stateful | None = None,
+    stop_after: int | None = None,
+    progress: bool = True,
 ) -> list[float]:
     """Train every parameter of the model with AdamW and a cosine schedule.
 
@@ -341,96 +226,174 @@ def train_sft(
     path on the token heads alone, then every step adds the weighted token-head loss
     to the answer loss. The heads are discarded at the end. With
     ``config.grounding_layers``, every main step also adds the weighted grounding loss.
+    Both phases run in :class:`lrsvqa.train.loop.TrainingLoop` (one process).
 
     Args:
         adapter: The model to train (put in train mode here, eval mode on return).
-        sample_batch: ``sample_batch(step, batch_size)`` returns the examples of a step.
+        sample_batch: ``sample_batch(step, batch_size)`` returns the examples of a step
+            (steps counted over both phases).
         config: Optimisation settings.
-        log_path: Optional JSONL log of ``{"phase", "step", "loss", "token_loss",
-            "grounding_loss"}`` every ``log_every`` steps.
+        log_path: Optional JSONL log of ``{"phase", "step", "lr", "loss", "token_loss",
+            "grounding_loss"}`` (means over the window) every ``log_every`` steps.
+        checkpoint_dir: Where checkpoints go every ``config.save_every`` steps.
+        resume: Continue from the newest checkpoint in ``checkpoint_dir``, if any.
+        sampler_state: Where ``sample_batch`` keeps its randomness (e.g. the
+            :class:`lrsvqa.train.samplers.TrainingSampler`), checkpointed with the run.
+        stop_after: Stop this invocation at this step (over both phases); a resumed
+            run continues to the end.
+        progress: Show progress bars.
 
     Returns:
-        The answer loss of every main step.
+        The answer loss of every main step (of the whole run when resumed).
     """
     model = adapter.model
-    model.train()
     heads = None
     if config.token_heads:
         heads = TokenHeads(adapter.hidden_size, config.token_heads).to(adapter.device)
     params = [*model.parameters(), *(heads.parameters() if heads else [])]
-    losses: list[float] = []
-    log = log_path.open("a") if log_path else None
+    accelerator = Accelerator()
+    if accelerator.num_processes > 1:
+        raise ValueError("SFT runs in one process; launch it without accelerate/torchrun")
 
-    def record(phase: str, step: int, series: dict[str, list[float]], bar) -> None:
-        if step % config.log_every and step != bar.total - 1:
-            return
-        line = {"phase": phase, "step": step, "loss": None, "token_loss": None}
-        for name, values in series.items():
-            if values:
-                line[name] = float(np.mean(values[-config.log_every :]))
-        bar.set_postfix({k: f"{v:.3f}" for k, v in line.items() if isinstance(v, float)})
-        if log:
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-
-    try:
-        if heads is not None and config.vision_steps:
-            optimizer = torch.optim.AdamW(
-                params, lr=config.learning_rate, weight_decay=config.weight_decay
-            )
-            token_losses: list[float] = []
-            bar = tqdm(range(config.vision_steps), desc="sft vision", leave=False)
-            for step in bar:
-                examples = sample_batch(step, config.batch_size)
-                loss = heads.loss(adapter, encode_batch(adapter, examples), examples)
-                _step(optimizer, loss, params)
-                token_losses.append(loss.item())
-                record("vision", step, {"token_loss": token_losses}, bar)
-        optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay
+    def adamw() -> torch.optim.Optimizer:
+        return accelerator.prepare(
+            torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config))
-        token_losses, grounding_losses = [], []
-        bar = tqdm(range(config.steps), desc="sft", leave=False)
-        for step in bar:
-            answer_loss, token_loss, ground = sft_loss(
-                adapter,
-                sample_batch(config.vision_steps + step, config.batch_size),
-                heads,
-                config.grounding_layers,
-            )
-            total = answer_loss + config.token_loss_weight * token_loss
-            _step(optimizer, total + config.grounding_loss_weight * ground, params)
-            scheduler.step()
-            losses.append(answer_loss.item())
-            if heads is not None:
-                token_losses.append(token_loss.item())
-            if config.grounding_layers:
-                grounding_losses.append(ground.item())
-            series = {"loss": losses, "token_loss": token_losses}
-            record("sft", step, {**series, "grounding_loss": grounding_losses}, bar)
+
+    def vision_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = heads.loss(adapter, encode_batch(adapter, examples), examples)
+        return loss, {"token_loss": loss}
+
+    def main_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        answer_loss, token_loss, ground = sft_loss(
+            adapter, examples, heads, config.grounding_layers
+        )
+        total = answer_loss + config.token_loss_weight * token_loss
+        terms = {"loss": answer_loss}
+        if heads is not None:
+            terms["token_loss"] = token_loss
+        if config.grounding_layers:
+            terms["grounding_loss"] = ground
+        return total + config.grounding_loss_weight * ground, terms
+
+    phases = []
+    if heads is not None and config.vision_steps:
+        phases.append(Phase("vision", config.vision_steps, vision_loss, adamw(), params))
+    optimizer = adamw()
+    # warmup_offset=1: the first step already trains (this recipe's schedule since v1).
+    scheduler = warmup_cosine(
+        optimizer, config.warmup_steps, config.steps, config.min_lr_ratio, warmup_offset=1
+    )
+    phases.append(Phase("sft", config.steps, main_loss, optimizer, params, scheduler))
+    modules = {"model": model, **({"heads": heads} if heads is not None else {})}
+    loop = TrainingLoop(
+        accelerator,
+        phases,
+        StepSampler(sample_batch, config.batch_size, sampler_state),
+        LoopConfig(
+            max_grad_norm=config.max_grad_norm,
+            log_every=config.log_every,
+            save_every=config.save_every,
+            save_total_limit=config.save_total_limit,
+            stop_after=stop_after,
+            progress=progress,
+        ),
+        modules,
+        checkpoint_dir=checkpoint_dir,
+        log_path=log_path,
+    )
+    existing = list_checkpoints(checkpoint_dir) if resume and checkpoint_dir else []
+    if existing:
+        loop.resume(existing[-1])
+    model.train()
+    try:
+        result = loop.run()
     finally:
-        if log:
-            log.close()
         model.eval()
-    return losses
+    return result.history.get("sft", {}).get("loss", [])
 
 
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
-    """One clipped AdamW step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
+def finetune_conversations(
+    model: str | Path,
+    data: ConversationData,
+    out_dir: str | Path,
+    config: SFTConfig,
+    *,
+    image_root: str | Path | None = None,
+    min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    seed: int = 0,
+    stop_after: int | None = None,
+    resume: bool = False,
+    dtype: str = "float32",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune a LLaVA checkpoint on LLaVA-format conversations (``lrsvqa sft``).
 
+    Every turn is an example on the image's thumbnail and coarsest-level tiles (see
+    :class:`lrsvqa.train.samplers.ConversationSampler`), trained with :func:`train_sft`
+    (answer loss only). ``out_dir`` gets ``log.jsonl``, ``checkpoints/`` every
+    ``config.save_every`` steps, and, once the last step is done, ``model/``
+    (``save_pretrained``, loadable as ``--model``) and ``report.json``.
 
-def _cosine(config: SFTConfig) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to 5% of the peak rate."""
+    Args:
+        model: Checkpoint folder or hub id.
+        data: LLaVA JSON file or the decoded list of items.
+        out_dir: Output folder.
+        config: Optimisation settings.
+        image_root: Image folder (default: the JSON file's folder).
+        min_short_side: DIP minimum short side (the coarsest level's size).
+        seed: Seed of the draws and of the run.
+        stop_after: Stop at this step (checkpointed); ``resume`` continues.
+        resume: Continue from the newest checkpoint in ``out_dir``.
+        dtype: Dtype to load the model in.
+        progress: Show progress bars.
 
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return schedule
+    Raises:
+        DistillDataError: Bad conversations (named by file and item).
+        FileExistsError: Checkpoints exist and ``resume`` is off.
+        FileNotFoundError: ``resume`` without a checkpoint.
+        CheckpointError: The checkpoint holds a pickle-format file or is not ours.
+    """
+    out = Path(out_dir)
+    checkpoints = out / CHECKPOINTS_DIR
+    existing = list_checkpoints(checkpoints)
+    if resume and not existing:
+        raise FileNotFoundError(f"{out}: no checkpoint to resume from")
+    if existing and not resume:
+        raise FileExistsError(
+            f"{out} already holds checkpoints ({existing[-1].name}); "
+            "resume from them or use another output directory"
+        )
+    if existing:
+        check_folder(existing[-1])  # before loading the model
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+    conversations = load_conversations(data, image_root)
+    sampler = ConversationSampler(conversations, adapter.tile_size, min_short_side, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    losses = train_sft(
+        adapter,
+        sampler.batch,
+        config,
+        log_path=out / "log.jsonl",
+        checkpoint_dir=checkpoints,
+        resume=resume,
+        sampler_state=sampler,
+        stop_after=stop_after,
+        progress=progress,
+    )
+    report = {
+        "model": str(model),
+        "conversations": len(conversations),
+        "turns": len(sampler.turns),
+        "steps": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    if len(losses) == config.steps:
+        adapter.model.save_pretrained(out / MODEL_DIRNAME)
+        adapter.processor.save_pretrained(out / MODEL_DIRNAME)
+        report["model_dir"] = str(out / MODEL_DIRNAME)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
