@@ -321,7 +321,8 @@ def test_pooled_single_level_feeds_thumbnail_then_pooled_grid_without_newlines(a
 
 
 def test_pooled_c2f_descends_by_the_ground_a_pooled_token_covers(adapter, rfm):
-    from lrsvqa.flops import CountOptions, ModelDims, c2f_count
+    from lrsvqa.flops import ModelDims
+    from lrsvqa.strategies.registry import count_strategy
 
     pooled = adapter.with_options(hr_pool=2, newline=False)
     source = ArraySource(random_image(4000, 3000))
@@ -343,7 +344,7 @@ def test_pooled_c2f_descends_by_the_ground_a_pooled_token_covers(adapter, rfm):
     # The same counts as `lrsvqa flops` for the pooled architecture without newlines.
     dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
     tiles = tuple(float(len(t.tiles_encoded)) for t in result.levels[1:])
-    count = c2f_count(dims, 4000, 3000, CountOptions(alpha=0.01, c2f_tiles=tiles))
+    count = count_strategy("c2f", dims, 4000, 3000, tiles_per_level=tiles, alpha=0.01)
     assert count.vision_tokens_encoded == result.vision_tokens_encoded
     assert count.tokens_to_llm == result.vision_tokens_to_llm
     assert count.rfm_vision_tokens == tuple(64 + t.tokens_encoded for t in result.levels)
@@ -358,8 +359,9 @@ def test_pooled_next_tiles_equal_those_of_the_unpooled_tokens_they_cover():
 
 
 def test_pooled_c2f_nodip_counts_match_flops(adapter, rfm):
-    from lrsvqa.flops import CountOptions, ModelDims, c2f_nodip_count
+    from lrsvqa.flops import ModelDims
     from lrsvqa.imagery.anyres import AnyresGeometry
+    from lrsvqa.strategies.registry import count_strategy
 
     pooled = adapter.with_options(hr_pool=2, newline=False)
     grid = AnyresGeometry.for_image(1500, 2100, 9, 336).grid
@@ -368,7 +370,7 @@ def test_pooled_c2f_nodip_counts_match_flops(adapter, rfm):
         source, "what?"
     )
     dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
-    count = c2f_nodip_count(dims, 1500, 2100, CountOptions(reduction_grid_tiles=9, alpha=0.25))
+    count = count_strategy("c2f-nodip", dims, 1500, 2100, grid_tiles=9, alpha=0.25)
     assert count.vision_tokens_encoded == result.vision_tokens_encoded
     assert count.tokens_to_llm == result.vision_tokens_to_llm
     assert count.rfm_vision_tokens == (64 + result.levels[0].tokens_encoded,)

@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from lrsvqa.flops import ModelDims, count_strategy
+from lrsvqa.flops import ModelDims
+from lrsvqa.strategies.registry import count_strategy
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_latency.py"
 
