@@ -700,7 +700,11 @@ def sft(
     log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
     dtype: str = typer.Option("float32", help="Dtype of the model."),
-    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     seed: int = typer.Option(0, help="Seed of data order and randomness."),
 ) -> None:
     """Fine-tune a LLaVA model on LLaVA-format conversations (the loop distill uses).
@@ -731,6 +735,10 @@ def sft(
         config,
         image_root=image_root,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
         seed=seed,
         stop_after=stop_after,
         resume=resume,

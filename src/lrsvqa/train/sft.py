@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
@@ -321,6 +321,10 @@ def finetune_conversations(
     *,
     image_root: str | Path | None = None,
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    dip_rule: str = DEFAULT_DIP_RULE,
+    hr_pool: int | None = None,
+    pool_mode: str | None = None,
+    newline: bool | None = None,
     seed: int = 0,
     stop_after: int | None = None,
     resume: bool = False,
@@ -342,6 +346,11 @@ def finetune_conversations(
         config: Optimisation settings.
         image_root: Image folder (default: the JSON file's folder).
         min_short_side: DIP minimum short side (the coarsest level's size).
+        dip_rule: DIP halving rule, likewise.
+        hr_pool: Pooling stride of the high-resolution tiles (None: the checkpoint's);
+            recorded in the saved model's config (``hr_pool``), which loads pooled.
+        pool_mode: How they are pooled (None: the checkpoint's), recorded likewise.
+        newline: False trains without row-end tokens (None: the model's own).
         seed: Seed of the draws and of the run.
         stop_after: Stop at this step (checkpointed); ``resume`` continues.
         resume: Continue from the newest checkpoint in ``out_dir``.
@@ -368,9 +377,13 @@ def finetune_conversations(
         check_folder(existing[-1])  # before loading the model
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device).with_options(
+        hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+    )
     conversations = load_conversations(data, image_root)
-    sampler = ConversationSampler(conversations, adapter.tile_size, min_short_side, seed)
+    sampler = ConversationSampler(
+        conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
+    )
     out.mkdir(parents=True, exist_ok=True)
     losses = train_sft(
         adapter,
@@ -392,6 +405,8 @@ def finetune_conversations(
         "last_loss": losses[-1] if losses else None,
     }
     if len(losses) == config.steps:
+        adapter.model.config.hr_pool = adapter.options.hr_pool
+        adapter.model.config.hr_pool_mode = adapter.options.pool_mode
         adapter.model.save_pretrained(out / MODEL_DIRNAME)
         adapter.processor.save_pretrained(out / MODEL_DIRNAME)
         report["model_dir"] = str(out / MODEL_DIRNAME)
