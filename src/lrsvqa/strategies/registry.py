@@ -46,10 +46,17 @@ class ModelOptions:
     device: str = option("cpu", "Torch device, e.g. cuda:1 (--device).")
     dtype: str = option("float32", "Model dtype, e.g. float16 (--dtype).")
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Generation budget.")
+    hr_pool: int | None = option(
+        None, "Pool each high-res tile's tokens by this stride (2 = the paper's; none: config)."
+    )
+    hr_pool_mode: str | None = option(None, "bilinear, average or max (none: the config's).")
+    newline: bool | None = option(None, "Row-end tokens (false: none; none: the model's own).")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.hr_pool is not None and self.hr_pool < 1:
+            raise ValueError(f"hr_pool must be >= 1, got {self.hr_pool}")
 
 
 @dataclass(frozen=True)
