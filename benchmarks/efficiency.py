@@ -37,12 +37,12 @@ from rich.console import Console
 from rich.table import Table
 
 from lrsvqa.budgets import VISIONZIP_RETAINED
-from lrsvqa.flops import STRATEGY_NAMES, CountOptions, ModelDims, count_strategy
+from lrsvqa.flops import ModelDims
 from lrsvqa.imagery.writer import write_pyramidal_tiff
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
 from lrsvqa.strategies.base import StrategyResult
 from lrsvqa.strategies.builtin import shared_adapter
-from lrsvqa.strategies.registry import build_strategy
+from lrsvqa.strategies.registry import available_strategies, build_strategy, count_strategy
 
 # Published dimensions (config.json of Qwen2-7B-Instruct and Vicuna-7B-v1.5), as
 # LLaVA-NeXT configs with the CLIP-L/14-336 tower.
@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="LLaVA checkpoint to time (default: tiny offline model)")
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="square image sides in px")
-    parser.add_argument("--strategies", default=",".join(STRATEGY_NAMES))
+    parser.add_argument("--strategies", help="comma-separated (default: every registered one)")
     parser.add_argument("--c2f-tiles", type=float, default=4.0, help="7B c2f tiles per level")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="wall time: best of N runs")
@@ -140,7 +140,7 @@ def measure(args, names, strategies, dims, side: int, image: Path) -> dict[str, 
     runs = {}
     for name in names:
         if not name.startswith("c2f"):
-            expected = count_strategy(name, dims, side, side, CountOptions()).tokens_to_llm
+            expected = count_strategy(name, dims, side, side).tokens_to_llm
             if expected > args.max_llm_tokens:
                 runs[name] = Run(note=f"not timed: {expected:,} LLM tokens > --max-llm-tokens")
                 continue
@@ -157,7 +157,7 @@ def c2f_tiles(run: Run | None) -> str:
     return f"{len(levels)} level(s), {tiles}"
 
 
-def size_table(side, names, runs, dims_7b, options, run_dims) -> Table:
+def size_table(side, names, runs, dims_7b, tiles, run_dims) -> Table:
     table = Table(title=f"{side:,} x {side:,} px")
     columns = (
         "strategy",
@@ -173,7 +173,7 @@ def size_table(side, names, runs, dims_7b, options, run_dims) -> Table:
         table.add_column(column, justify="left" if column == "strategy" else "right")
     qwen, vicuna = dims_7b
     for name in names:
-        count = count_strategy(name, qwen, side, side, options)
+        count = count_strategy(name, qwen, side, side, tiles)
         run = runs[name]
         measured = run.result
         table.add_row(
@@ -181,7 +181,7 @@ def size_table(side, names, runs, dims_7b, options, run_dims) -> Table:
             f"{count.vision_tokens_encoded:,}",
             f"{count.tokens_to_llm:,}",
             f"{count.tflops(qwen):.2f}",
-            f"{count_strategy(name, vicuna, side, side, options).tflops(vicuna):.2f}",
+            f"{count_strategy(name, vicuna, side, side, tiles).tflops(vicuna):.2f}",
             f"{measured.vision_tokens_to_llm:,}" if measured else "-",
             f"{measured.tflops:.2e}" if measured else "-",
             f"{run.seconds:.2f}" if run.seconds is not None else run.note,
@@ -189,7 +189,7 @@ def size_table(side, names, runs, dims_7b, options, run_dims) -> Table:
     return table
 
 
-def ratio_table(sides, names, all_runs, qwen, options) -> Table:
+def ratio_table(sides, names, all_runs, qwen, tiles) -> Table:
     table = Table(title=f"ratios against {REFERENCE} (Qwen2-7B TFLOPs / run wall time)")
     table.add_column("strategy")
     for side in sides:
@@ -197,8 +197,8 @@ def ratio_table(sides, names, all_runs, qwen, options) -> Table:
     for name in names:
         cells = []
         for side in sides:
-            reference = count_strategy(REFERENCE, qwen, side, side, options).tflops(qwen)
-            flops = count_strategy(name, qwen, side, side, options).tflops(qwen) / reference
+            reference = count_strategy(REFERENCE, qwen, side, side, tiles).tflops(qwen)
+            flops = count_strategy(name, qwen, side, side, tiles).tflops(qwen) / reference
             ours, base = all_runs[side][name].seconds, all_runs[side][REFERENCE].seconds
             wall = f"{ours / base:.2f}" if ours is not None and base else "-"
             cells.append(f"{flops:.3f} / {wall}")
@@ -213,11 +213,12 @@ def main() -> None:
         torch.set_num_threads(threads)
     console = Console(width=160)
     sides = [int(side) for side in args.sizes.split(",") if side.strip()]
-    names = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    chosen = args.strategies.split(",") if args.strategies else available_strategies()
+    names = [name.strip() for name in chosen if name.strip()]
     if REFERENCE not in names:
         names.append(REFERENCE)
     qwen, vicuna = ModelDims.from_config(QWEN2_7B), ModelDims.from_config(VICUNA_7B)
-    options = CountOptions(c2f_tiles=(args.c2f_tiles,))
+    tiles = (args.c2f_tiles,)  # 7B c2f: mean tiles at every level below the first
     with tempfile.TemporaryDirectory() as scratch:
         path = model_path(args, Path(scratch))
         adapter = shared_adapter(path, args.dtype, args.device)
@@ -234,12 +235,10 @@ def main() -> None:
         all_runs = {}
         for side in sides:
             all_runs[side] = measure(args, names, strategies, run_dims, side, images[side])
-            console.print(
-                size_table(side, names, all_runs[side], (qwen, vicuna), options, run_dims)
-            )
+            console.print(size_table(side, names, all_runs[side], (qwen, vicuna), tiles, run_dims))
             if "c2f" in names:
                 console.print(f"  c2f on the run model: {c2f_tiles(all_runs[side].get('c2f'))}")
-    console.print(ratio_table(sides, names, all_runs, qwen, options))
+    console.print(ratio_table(sides, names, all_runs, qwen, tiles))
 
 
 if __name__ == "__main__":

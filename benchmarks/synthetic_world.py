@@ -32,9 +32,10 @@ from rich.table import Table
 from lrsvqa.app.default_model import build_default_model, default_home
 from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
-from lrsvqa.bench.templates import generate_questions, write_lrsvqa_jsonl
+from lrsvqa.bench.templates import generate_questions
 from lrsvqa.labels import LabeledObject
 from lrsvqa.synthetic.world import generate_world
+from lrsvqa.types import write_lrsvqa_jsonl
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "synthetic_world"
 CATEGORIES = (

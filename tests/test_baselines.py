@@ -9,13 +9,7 @@ from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
 from lrsvqa.bench.runner import summarize_trace
 from lrsvqa.budgets import pdrop_layers, vision_tokens_per_layer, visionzip_split
-from lrsvqa.flops import (
-    STRATEGY_NAMES,
-    CountOptions,
-    TokenCount,
-    c2f_tiles_from_trace,
-    count_strategy,
-)
+from lrsvqa.flops import TokenCount
 from lrsvqa.imagery.anyres import AnyresGeometry, grid_pinpoints, select_best_resolution
 from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.models.tiny import CHAT_TEMPLATE, build_tiny_llava, save_tiny_llava
@@ -29,11 +23,18 @@ from lrsvqa.strategies.builtin import (
     shared_adapter,
 )
 from lrsvqa.strategies.c2f import CoarseToFineResult, LevelTrace
+from lrsvqa.strategies.counters import c2f_tiles_from_trace
 from lrsvqa.strategies.llm_drop import StagedDecoder
 from lrsvqa.strategies.prumerge import iqr_outliers, merge_neighbours, prumerge_crops, select_tokens
-from lrsvqa.strategies.registry import build_strategy
+from lrsvqa.strategies.registry import build_strategy, count_strategy
 from lrsvqa.strategies.visionzip import visionzip_crops
-from tests.tiny_models import WORDS, random_image, tiny_adapter, vanilla_generate
+from tests.tiny_models import (
+    WORDS,
+    builtin_strategies,
+    random_image,
+    tiny_adapter,
+    vanilla_generate,
+)
 
 QUESTION = "what color is the ship ?"
 IMAGE_SIZE = (500, 800)
@@ -316,11 +317,9 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
         "c2f-nodip": {"grid_tiles": 4},
     }
     adapter = shared_adapter(model_dir)
-    counts = CountOptions(visionzip_retained=16)
-    for name in STRATEGY_NAMES:
-        strategy = build_strategy(
-            name, model_path=str(model_dir), max_new_tokens=3, **options.get(name, {})
-        )
+    for name in builtin_strategies():
+        own = options.get(name, {})
+        strategy = build_strategy(name, model_path=str(model_dir), max_new_tokens=3, **own)
         assert isinstance(strategy, Strategy) and strategy.name == name
         assert strategy.adapter is adapter  # one model shared by every strategy
         result = strategy.answer(strategy.prepare(image_path), QUESTION)
@@ -330,13 +329,12 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
             assert result.selected_boxes and result.trace["tiles_per_level"]
             assert summarize_trace(result.trace) == result.trace
             if name == "c2f-nodip":  # one 2 x 2 grid: thumbnail + 4 tiles + 16 newlines
-                nodip = CountOptions(reduction_grid_tiles=4)  # its grid_tiles
-                expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, nodip)
+                expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, **own)
                 assert result.trace["rfm_vision_tokens"] == [64 + 4 * 64 + 16]
                 assert list(expected.rfm_vision_tokens) == result.trace["rfm_vision_tokens"]
                 assert 64 + 64 < result.vision_tokens_to_llm <= 64 + 64 + 16
             continue
-        expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, counts)
+        expected = count_strategy(name, strategy.dims, *IMAGE_SIZE, **own)  # the same options
         assert result.vision_tokens_to_llm == expected.tokens_to_llm, name
         assert result.vision_tokens_encoded == expected.vision_tokens_encoded, name
         assert result.tflops == pytest.approx(expected.tflops(strategy.dims)), name
@@ -383,9 +381,12 @@ def test_reduction_baselines_keep_their_budget(model_dir, image_path):
 
 
 def test_factories_reject_unknown_options(model_dir):
-    with pytest.raises(TypeError, match="alpha"):
+    with pytest.raises(ValueError, match="no option 'alpha'"):
         build_strategy("fastv", model_path=str(model_dir), alpha=0.3)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(ValueError, match="no option 'model'"):  # no aliases: model_path
+        build_strategy("fastv", model=str(model_dir))
+    with pytest.raises(ValueError, match="model path"):
         build_strategy("anyres-p4")
-    assert build_strategy("fastv", model=str(model_dir), layer=3, ratio=0.25).drops == {3: 0.25}
+    fastv = build_strategy("fastv", model_path=str(model_dir), layer="3", ratio="0.25")
+    assert fastv.drops == {3: 0.25}
     assert build_strategy("pdrop", model_path=str(model_dir)).drops == dict.fromkeys((1, 3, 4), 0.5)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,29 +20,41 @@ from lrsvqa.app.cli import app
 from lrsvqa.bench.answers import AnswerFileError, AnswerLog, read_answers, shard_path
 from lrsvqa.bench.datasets import BenchItem, load_benchmark
 from lrsvqa.bench.runner import EvalConfig, evaluate, run_items, shard_items, summarize_trace
+from lrsvqa.flops import TokenCount
 from lrsvqa.strategies.base import StrategyResult
-from lrsvqa.strategies.registry import available_strategies, build_strategy, register_strategy
+from lrsvqa.strategies.registry import (
+    ModelOptions,
+    available_strategies,
+    build_strategy,
+    option,
+    register_strategy,
+)
 
 THIS_FILE = Path(__file__).resolve()
 
 
-class OracleStrategy:
-    """Answers with the ground truth looked up by question text (test only).
+@dataclass(frozen=True)
+class OracleOptions:
+    questions: str = option("", "Question file to look the answers up in.")
+    bench: str = option("lrs-vqa", "Its benchmark.")
+    prompt: str = option("official", "Its multiple-choice prompt.")
+    delay: float = option(0.0, "Seconds per answer.")
+    fail_on: str = option("", "Raise on questions containing this.")
+    layers: tuple[int, ...] = option((), "Ignored; tests typed conversion.")
 
-    Options: ``questions`` (question file), ``bench``, ``prompt``, ``delay`` (seconds),
-    ``fail_on`` (raise on questions containing it), plus whatever the CLI passes.
-    """
+
+class OracleStrategy:
+    """Answers with the ground truth looked up by question text (test only)."""
 
     name = "test-oracle"
 
-    def __init__(
-        self, questions, bench="lrs-vqa", prompt="official", delay=0.0, fail_on="", **opts
-    ):
-        items = load_benchmark(bench, Path(questions), prompt=prompt)
+    def __init__(self, model: ModelOptions, options: OracleOptions):
+        items = load_benchmark(options.bench, Path(options.questions), prompt=options.prompt)
         self.items = {item.question: item for item in items}
-        self.delay = float(delay)
-        self.fail_on = fail_on
-        self.options = opts
+        self.delay = options.delay
+        self.fail_on = options.fail_on
+        self.model = model
+        self.options = options
         self.prepared = []
         self.answered = []
 
@@ -68,8 +81,18 @@ class OracleStrategy:
         )
 
 
+def oracle(questions) -> OracleStrategy:
+    return OracleStrategy(ModelOptions(), OracleOptions(questions=str(questions)))
+
+
+def count_oracle(image, options: OracleOptions) -> TokenCount:
+    return TokenCount("test-oracle", 576, (144,) * image.dims.num_layers)
+
+
 def register_test_strategies():
-    register_strategy("test-oracle", OracleStrategy, replace=True)
+    register_strategy(
+        "test-oracle", OracleStrategy, options=OracleOptions, counter=count_oracle, replace=True
+    )
 
 
 register_test_strategies()
@@ -131,17 +154,18 @@ def comparable(records):
 def test_registry_builds_by_name_and_guards_names():
     made = []
 
-    def factory(**options):
-        made.append(options)
+    def factory(model, options):
+        made.append((model, options))
         return OracleStrategy.__new__(OracleStrategy)
 
-    register_strategy("test-registry", factory, replace=True)
-    register_strategy("test-registry", factory)  # same factory again: fine
+    typed = {"options": OracleOptions, "counter": count_oracle}
+    register_strategy("test-registry", factory, **typed, replace=True)
+    register_strategy("test-registry", factory, **typed)  # same factory again: fine
     assert "test-registry" in available_strategies()
-    build_strategy("test-registry", model_path="m", device="cpu")
-    assert made == [{"model_path": "m", "device": "cpu"}]
+    build_strategy("test-registry", model_path="m", device="cpu", delay="2")
+    assert made == [(ModelOptions(model_path="m", device="cpu"), OracleOptions(delay=2.0))]
     with pytest.raises(ValueError, match="already registered"):
-        register_strategy("test-registry", lambda **o: None)
+        register_strategy("test-registry", lambda m, o: None, **typed)
     with pytest.raises(KeyError, match="test-registry"):
         build_strategy("no-such-strategy")
 
@@ -198,9 +222,9 @@ def test_only_unfinished_items_reach_the_strategy(tmp_path):
     questions = make_benchmark(tmp_path)
     items = load_benchmark("lrs-vqa", questions)
     output = tmp_path / "answers.jsonl"
-    strategy = OracleStrategy(questions)
+    strategy = oracle(questions)
     run_items(strategy, items[:7], tmp_path, output, progress=False)
-    strategy = OracleStrategy(questions)
+    strategy = oracle(questions)
     summary = run_items(strategy, items, tmp_path, output, progress=False)
     assert strategy.answered == [item.question for item in items[7:]]
     assert (summary.skipped, summary.answered) == (7, 11)
@@ -210,7 +234,7 @@ def test_torn_last_line_is_dropped_and_the_item_answered_again(tmp_path):
     questions = make_benchmark(tmp_path)
     items = load_benchmark("lrs-vqa", questions)
     output = tmp_path / "answers.jsonl"
-    run_items(OracleStrategy(questions), items[:4], tmp_path, output, progress=False)
+    run_items(oracle(questions), items[:4], tmp_path, output, progress=False)
     complete = output.read_bytes()
     with output.open("ab") as handle:
         handle.write(b'{"question_id": "STAR_4", "answer": "re')
@@ -218,7 +242,7 @@ def test_torn_last_line_is_dropped_and_the_item_answered_again(tmp_path):
         assert log.dropped_bytes == len(b'{"question_id": "STAR_4", "answer": "re')
         assert len(log.done) == 4
     assert output.read_bytes() == complete
-    run_items(OracleStrategy(questions), items, tmp_path, output, progress=False)
+    run_items(oracle(questions), items, tmp_path, output, progress=False)
     ids = [json.loads(line)["question_id"] for line in output.read_text().splitlines()]
     assert ids == [item.question_id for item in items]
 
@@ -254,7 +278,7 @@ def test_next_image_is_prepared_in_the_background_once_per_image(tmp_path):
                 assert second_image_loading.wait(timeout=30)
             return super().answer(prepared, question)
 
-    strategy = WaitingOracle(questions)
+    strategy = WaitingOracle(ModelOptions(), OracleOptions(questions=str(questions)))
     run_items(strategy, items, tmp_path, tmp_path / "a.jsonl", progress=False)
     assert [name for name, _ in strategy.prepared] == ["0.png", "1.png", "2.png"]
     assert all(thread.startswith("prefetch") for _, thread in strategy.prepared)
@@ -283,11 +307,13 @@ def test_eval_command_passes_model_options_to_the_factory(tmp_path, monkeypatch)
     questions = make_benchmark(tmp_path, images=1, per_image=2)
     seen = {}
 
-    def factory(**options):
-        seen.update(options)
-        return OracleStrategy(**options)
+    def factory(model, options):
+        seen.update(model=model, options=options)
+        return OracleStrategy(model, options)
 
-    register_strategy("test-options", factory, replace=True)
+    register_strategy(
+        "test-options", factory, options=OracleOptions, counter=count_oracle, replace=True
+    )
     output = tmp_path / "answers.jsonl"
     args = ["eval", "--data-root", str(tmp_path), "--questions", str(questions)]
     args += ["--strategy", "test-options", "--model", "ckpt", "--device", "cpu", "--dtype", "bf16"]
@@ -296,12 +322,8 @@ def test_eval_command_passes_model_options_to_the_factory(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen == {
-        "model_path": "ckpt",
-        "device": "cpu",
-        "dtype": "bf16",
-        "questions": str(questions),
-        "delay": 0,
-        "layers": [7, 14],
+        "model": ModelOptions(model_path="ckpt", device="cpu", dtype="bf16"),
+        "options": OracleOptions(questions=str(questions), delay=0.0, layers=(7, 14)),
     }
     assert "2 answered" in result.output and "OA" in result.output
 

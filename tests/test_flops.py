@@ -6,19 +6,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from lrsvqa.app.cli import app
-from lrsvqa.flops import (
-    CountOptions,
-    ModelDims,
-    TokenCount,
-    c2f_tiles_from_trace,
-    count_strategy,
-    flops_table,
-    layer_flops,
-    load_model_dims,
-    parse_image_size,
-    stack_flops,
-)
+from lrsvqa.app.cli import app, parse_image_size
+from lrsvqa.flops import ModelDims, TokenCount, layer_flops, load_model_dims, stack_flops
+from lrsvqa.strategies.counters import c2f_tiles_from_trace
+from lrsvqa.strategies.registry import count_strategy, flops_table
+from tests.tiny_models import builtin_strategies
 
 QWEN2_7B = ModelDims(hidden_size=3584, intermediate_size=18944, num_layers=28)
 LLAVA_NEXT_QWEN2 = {
@@ -62,14 +54,12 @@ def test_reduction_counts_by_hand():
     assert count_strategy("visionzip", QWEN2_7B, 4000, 4000).tokens_to_llm == 145 * 64
     assert count_strategy("prumerge++", QWEN2_7B, 4000, 4000).tokens_to_llm == 145 * 144
     assert count_strategy("thumbnail", QWEN2_7B, 4000, 4000).llm_vision_tokens == (576,) * 28
-    options = CountOptions(reduction_grid_tiles=4, fastv_layer=5, fastv_ratio=0.25)
-    small = count_strategy("fastv", QWEN2_7B, 1000, 1000, options)
+    small = count_strategy("fastv", QWEN2_7B, 1000, 1000, grid_tiles=4, layer=5, ratio=0.25)
     assert small.llm_vision_tokens[4:6] == (2928, 2928 - 732)
 
 
 def test_c2f_counts_the_rfm_on_each_level():
-    options = CountOptions(c2f_tiles=(4,))
-    count = count_strategy("c2f", QWEN2_7B, 4000, 4000, options)
+    count = count_strategy("c2f", QWEN2_7B, 4000, 4000, tiles_per_level=(4,))
     # DIP 1000 (3x3) -> 2000 (6x6) -> 4000 (12x12); 4 tiles (a 2x2 block) below level 1.
     assert count.rfm_vision_tokens == (576 + 9 * 576 + 3 * 24, 576 + 4 * 576 + 48, 2928)
     kept = math.ceil(0.25 * 4 * 576)
@@ -78,13 +68,17 @@ def test_c2f_counts_the_rfm_on_each_level():
     d, m = 3584, 18944
     rfm = sum(4 * layer_flops(n, d, m) for n in count.rfm_vision_tokens)
     assert count.flops(QWEN2_7B) == rfm + 28 * layer_flops(576 + kept + 48, d, m)
-    stays = count_strategy("c2f", QWEN2_7B, 4000, 4000, CountOptions(c2f_tiles=(0,)))
+    stays = count_strategy("c2f", QWEN2_7B, 4000, 4000, tiles_per_level=(0,))
     assert len(stays.rfm_vision_tokens) == 1
     assert stays.tokens_to_llm == 576 + math.ceil(0.25 * 9 * 576) + 72
-    with pytest.raises(ValueError, match="c2f_tiles"):
+    with pytest.raises(ValueError, match="--c2f-tiles"):
         count_strategy("c2f", QWEN2_7B, 4000, 4000)
-    nodip = count_strategy("c2f-nodip", QWEN2_7B, 4000, 4000)
+    nodip = count_strategy("c2f-nodip", QWEN2_7B, 4000, 4000, grid_tiles=144)
     assert nodip.vision_tokens_encoded == 145 * 576  # the reduction rows' 12 x 12 grid
+    # By default on at most N_max = 80 tiles, as lrsvqa eval runs it: an 8 x 8 grid
+    # (8 x 10 and 9 x 8 reach the same scale with more padding).
+    default = count_strategy("c2f-nodip", QWEN2_7B, 4000, 4000)
+    assert default.vision_tokens_encoded == 65 * 576
 
 
 def test_c2f_is_cheapest_at_4000_px():
@@ -93,7 +87,7 @@ def test_c2f_is_cheapest_at_4000_px():
         4000,
         4000,
         ["anyres-p144", "fastv", "visionzip", "c2f"],
-        CountOptions(c2f_tiles=(4,)),
+        tiles_per_level=(4,),
     )
     tflops = {row["strategy"]: row["tflops"] for row in rows}
     assert tflops["c2f"] < tflops["visionzip"] < tflops["fastv"] < tflops["anyres-p144"]
@@ -222,17 +216,12 @@ def test_pooling_and_newlines_change_only_the_high_res_tokens():
 
 
 def test_every_registered_strategy_is_countable():
-    # The package's own registry, read in a fresh interpreter: other tests register
-    # test-only strategies in this process.
-    code = "from lrsvqa.strategies.registry import available_strategies as a; print(*a())"
-    listing = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    names = listing.stdout.decode().split()
+    names = builtin_strategies()
     assert "fullres" in names and "c2f" in names
-    options = CountOptions(c2f_tiles=(4,))
     for name in names:
-        count = count_strategy(name, QWEN2_7B, 4000, 4000, options)
+        count = count_strategy(name, QWEN2_7B, 4000, 4000, tiles_per_level=(4,))
         assert count.tokens_to_llm > 0 and count.flops(QWEN2_7B) > 0
-    fullres = count_strategy("fullres", QWEN2_7B, 4000, 4000, options)
+    fullres = count_strategy("fullres", QWEN2_7B, 4000, 4000)
     assert fullres.vision_tokens_encoded == 145 * 576  # the 12 x 12 finest DIP level
     assert fullres.tokens_to_llm == 576 + 144 * 576 + 12 * 24
 

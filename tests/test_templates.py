@@ -11,7 +11,6 @@ from lrsvqa.app.cli import app
 from lrsvqa.bench.datasets import load_lrs_vqa
 from lrsvqa.bench.templates import (
     COUNT_SHORT_ANSWER_PROMPT,
-    REQUIRED_KEYS,
     SHORT_ANSWER_PROMPT,
     UniquenessMargins,
     count_question,
@@ -20,9 +19,7 @@ from lrsvqa.bench.templates import (
     generate_questions,
     image_region,
     plural,
-    read_lrsvqa_jsonl,
     to_llava_conversations,
-    write_lrsvqa_jsonl,
 )
 from lrsvqa.labels import (
     LabeledObject,
@@ -33,6 +30,7 @@ from lrsvqa.labels import (
     read_geojson,
     read_json_labels,
 )
+from lrsvqa.types import LRSVQA_REQUIRED_KEYS, read_lrsvqa_jsonl, write_lrsvqa_jsonl
 
 OFFICIAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 OFFICIAL_FILE = OFFICIAL / "LRS_VQA_merged.jsonl"
@@ -166,7 +164,7 @@ def test_generated_records_have_the_lrs_vqa_format():
     assert records
     assert len({r["question_id"] for r in records}) == len(records)
     for r in records:
-        assert all(key in r for key in REQUIRED_KEYS)
+        assert all(key in r for key in (*LRSVQA_REQUIRED_KEYS, "image_size"))
         assert r["image"] == "imgs/a.png"
         assert r["image_size"] == [800, 600]  # [width, height] as in the official file
         if r["category"] == "count":

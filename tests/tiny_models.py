@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from PIL import Image
@@ -83,3 +86,14 @@ def vanilla_generate(
     length = inputs.input_ids.shape[1]
     answer = processor.tokenizer.decode(output[0, length:], skip_special_tokens=True).strip()
     return answer, length
+
+
+def builtin_strategies() -> list[str]:
+    """Every strategy the package registers, read in a fresh interpreter.
+
+    Test modules register test-only strategies in this process; the package's own list
+    is what a user's ``lrsvqa`` sees.
+    """
+    code = "from lrsvqa.strategies.registry import available_strategies as a; print(*a())"
+    listing = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    return listing.stdout.decode().split()

@@ -1,13 +1,23 @@
-"""Token budgets of the token-reduction baselines: pure arithmetic, one source of truth.
+"""Token budgets of coarse-to-fine and the baselines: pure arithmetic, one source of truth.
 
-The strategies enforce these numbers and :mod:`lrsvqa.flops` counts with them, so the
-FLOPs table and what the model actually sees cannot drift apart.
+The strategies' option dataclasses (:mod:`lrsvqa.strategies.options`) take their
+defaults from here, the strategies enforce them and their counters count with them, so
+the FLOPs table and what the model actually sees cannot drift apart. Torch-free, so the
+command line can show them without loading a model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+
+# Coarse-to-fine (the LRS-VQA paper, Sec. 5.1): keep the top 25 % of the tokens at each
+# level (alpha) and prune rather than descend when more than N_max = 80 tiles are needed.
+DEFAULT_ALPHA = 0.25
+DEFAULT_MAX_TILES = 80
+
+# Tokens generated per answer: LRS-VQA answers are a word or a short phrase.
+DEFAULT_MAX_NEW_TOKENS = 32
 
 # VisionZip (Yang et al., 2024, "VisionZip: Longer is Better but Not Necessary in
 # Vision Language Models"): its 64-token setting keeps 54 dominant + 10 contextual.
@@ -16,6 +26,7 @@ VISIONZIP_DOMINANT_SHARE = 54 / 64
 
 # PruMerge+ (Shang et al., 2024, "LLaVA-PruMerge"), at the LRS-VQA paper's 25 %.
 PRUMERGE_RATIO = 0.25
+PRUMERGE_NEIGHBOURS = 32
 
 # FastV (Chen et al., 2024, "An Image is Worth 1/2 Tokens After Layer 2").
 FASTV_LAYER = 2

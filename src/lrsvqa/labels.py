@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box
+
 Polygon = tuple[tuple[float, float], ...]
 LabelFormat = Literal["dota", "fair1m", "json", "geojson"]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
-from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES
+from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES, PyramidConfig
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -48,12 +49,16 @@ def ask(
     model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id."),
     rfm: Path | None = typer.Option(None, help="Trained RFM folder; training-free if omitted."),
     rfm_layers: str | None = typer.Option(None, help="Training-free RFM layers, e.g. 1,5,11,14."),
-    alpha: float = typer.Option(0.25, help="Proportion of tokens kept at each level."),
-    max_tiles: int = typer.Option(80, help="N_max: prune instead of descending past this."),
+    alpha: float = typer.Option(DEFAULT_ALPHA, help="Proportion of tokens kept at each level."),
+    max_tiles: int = typer.Option(
+        DEFAULT_MAX_TILES, help="N_max: prune instead of descending past this."
+    ),
     fixed_layers: int | None = typer.Option(None, help="Fix DIP layers reached (Tab. 6)."),
-    min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
+    min_short_side: int = typer.Option(
+        PyramidConfig.min_short_side, help="DIP: bound of the coarsest level, px."
+    ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
-    max_new_tokens: int = typer.Option(32, help="Generation budget."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
     device: str = typer.Option("cpu", help="Torch device."),
     overlay: Path | None = typer.Option(None, help="Write a PNG of attention + selected tiles."),
@@ -112,19 +117,14 @@ def ask(
         console.print(f"overlay written to {overlay}")
 
 
-def _strategy_options(pairs: list[str]) -> dict[str, object]:
-    """Parse ``key=value`` pairs; values are JSON when they parse, strings otherwise."""
-    import json
-
-    options: dict[str, object] = {}
+def _key_values(pairs: list[str], param_hint: str) -> dict[str, str]:
+    """Parse ``key=value`` pairs; the registry converts each value by its option's type."""
+    options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
+            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=param_hint)
+        options[key.strip()] = value
     return options
 
 
@@ -140,11 +140,13 @@ def eval_command(
         None, "--output", "-o", help="Answers file (default: outputs/BENCH-STRATEGY.jsonl)."
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
-    rfm: Path | None = typer.Option(None, help="RFM weights, passed as rfm_path."),
+    rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
     device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
     dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
     strategy_option: list[str] = typer.Option(
-        [], "--strategy-option", help="Extra strategy option key=value (JSON value), repeatable."
+        [],
+        "--strategy-option",
+        help="Strategy option key=value (see lrsvqa strategies), repeatable.",
     ),
     subset: list[str] = typer.Option([], help="Only this subset, e.g. FAIR (repeatable)."),
     prompt: str = typer.Option(
@@ -173,14 +175,23 @@ def eval_command(
     from lrsvqa.bench.datasets import BENCHMARKS
     from lrsvqa.bench.reports import print_report, report_paths
     from lrsvqa.bench.runner import EvalConfig, evaluate
+    from lrsvqa.strategies.registry import strategy_entry
 
     if bench not in BENCHMARKS:
         raise typer.BadParameter(f"choose one of {', '.join(BENCHMARKS)}", param_hint="--bench")
     if (rank is None) != (world_size is None):
         raise typer.BadParameter("give both --rank and --world-size, or neither")
-    options = {"model_path": model, "rfm_path": rfm, "device": device, "dtype": dtype}
+    # The one place CLI flags are mapped to option names.
+    options: dict[str, object] = {"model_path": model, "rfm_path": rfm}
+    options |= {"device": device, "dtype": dtype}
     options = {key: value for key, value in options.items() if value is not None}
-    options |= _strategy_options(strategy_option)
+    options |= _key_values(strategy_option, "--strategy-option")
+    try:
+        strategy_entry(strategy).parse(options)  # bad options fail before any model loads
+    except KeyError as error:
+        raise typer.BadParameter(error.args[0], param_hint="--strategy") from error
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     config = EvalConfig(
         bench=bench,
         questions=questions or data_root / BENCHMARKS[bench],
@@ -303,9 +314,9 @@ def make_qa(
         UniquenessMargins,
         generate_from_labels,
         to_llava_conversations,
-        write_lrsvqa_jsonl,
     )
     from lrsvqa.labels import LABEL_SUFFIXES, iter_label_files
+    from lrsvqa.types import write_lrsvqa_jsonl
 
     if label_format not in LABEL_SUFFIXES:
         raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
@@ -418,8 +429,12 @@ def pyramid(
         ..., help="Large image (TIFF/GeoTIFF, PNG, JPEG; with GDAL also JP2, VRT, ..., URLs)."
     ),
     overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
-    tile_size: int = typer.Option(336, min=1, help="Tile side B (336 for CLIP-L/14-336)."),
-    min_short_side: int = typer.Option(1008, min=1, help="Bound of the coarsest level, px."),
+    tile_size: int = typer.Option(
+        PyramidConfig.tile_size, min=1, help="Tile side B (336 for CLIP-L/14-336)."
+    ),
+    min_short_side: int = typer.Option(
+        PyramidConfig.min_short_side, min=1, help="Bound of the coarsest level, px."
+    ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     bands: str | None = typer.Option(
         None, help="Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
@@ -563,7 +578,9 @@ def distill(
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
     dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
-    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    min_short_side: int = typer.Option(
+        PyramidConfig.min_short_side, min=1, help="DIP: halve until short side <= this."
+    ),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
@@ -692,21 +709,30 @@ def flops(
     trace: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="c2f: eval answers JSONL to average tiles from."
     ),
-    alpha: float = typer.Option(0.25, help="c2f retain ratio."),
-    max_tiles: int = typer.Option(80, help="c2f N_max."),
-    grid_tiles: int = typer.Option(
-        144, help="Anyres grid under VisionZip/PruMerge+/FastV/PDrop and c2f-nodip."
+    option: list[str] = typer.Option(
+        [],
+        "--option",
+        help="Strategy option key=value, for every listed strategy that has it "
+        "(see lrsvqa strategies), repeatable.",
     ),
-    rfm_depth: int = typer.Option(4, help="RFM layers counted per pyramid level."),
+    alpha: float | None = typer.Option(None, help="Same as --option alpha=..."),
+    max_tiles: int | None = typer.Option(None, help="Same as --option max_tiles=..."),
+    grid_tiles: int | None = typer.Option(None, help="Same as --option grid_tiles=..."),
+    min_short_side: int | None = typer.Option(None, help="Same as --option min_short_side=..."),
+    dip_rule: DipRule | None = typer.Option(None, help="Same as --option dip_rule=..."),
+    rfm_depth: int | None = typer.Option(
+        None, help="RFM layers counted per pyramid level (default: ModelDims's)."
+    ),
     hr_pool: int | None = typer.Option(
         None, min=1, help="Pooling stride of high-res tiles (2 = the paper's; default: config)."
     ),
     no_newline: bool = typer.Option(False, help="Count no row-end (image_newline) tokens."),
-    min_short_side: int = typer.Option(1008, help="DIP: bound of the coarsest level, px."),
-    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     output_format: str = typer.Option("table", "--format", help="table or json."),
 ) -> None:
     """Theoretical LLM TFLOPs of the vision tokens per strategy (FastV/PDrop formula).
+
+    Each strategy is counted with the options lrsvqa eval would run it with: its
+    defaults (lrsvqa strategies lists them), overridden by --option and the shortcuts.
 
     Example (the paper's Tab. 4 setting): lrsvqa flops --config qwen2/config.json
     --hr-pool 2 --no-newline --c2f-tiles 36,50 --strategies anyres-p144,c2f-nodip,c2f
@@ -717,20 +743,30 @@ def flops(
     from rich.console import Console
     from rich.table import Table
 
-    from lrsvqa.flops import (
-        CountOptions,
-        c2f_tiles_from_trace,
-        flops_table,
-        load_model_dims,
-        parse_image_size,
-    )
+    from lrsvqa.flops import load_model_dims
+    from lrsvqa.strategies.counters import c2f_tiles_from_trace
+    from lrsvqa.strategies.registry import flops_table, strategy_entry
 
     if output_format not in ("table", "json"):
         raise typer.BadParameter("choose table or json", param_hint="--format")
     names = [name.strip() for name in strategies.split(",") if name.strip()]
+    shortcuts = {"alpha": alpha, "max_tiles": max_tiles, "grid_tiles": grid_tiles}
+    shortcuts |= {"min_short_side": min_short_side, "dip_rule": dip_rule and dip_rule.value}
+    given = {key: value for key, value in shortcuts.items() if value is not None}
+    given |= _key_values(option, "--option")
+    try:
+        entries = [strategy_entry(name) for name in names]
+    except KeyError as error:
+        raise typer.BadParameter(error.args[0], param_hint="--strategies") from error
+    per_strategy = {
+        e.name: {k: v for k, v in given.items() if k in e.option_names} for e in entries
+    }
+    unused = sorted(set(given) - {key for own in per_strategy.values() for key in own})
+    if unused:
+        raise typer.BadParameter(f"no listed strategy takes option(s) {', '.join(unused)}")
     try:
         height, width = parse_image_size(image_size)
-        dims = load_model_dims(config, rfm_layers=rfm_depth)
+        dims = load_model_dims(config, **({} if rfm_depth is None else {"rfm_layers": rfm_depth}))
         dims = dataclasses.replace(
             dims,
             hr_pool=dims.hr_pool if hr_pool is None else hr_pool,
@@ -739,17 +775,7 @@ def flops(
         per_level = _float_tuple(c2f_tiles) if c2f_tiles else None
         if trace is not None and per_level is None:
             per_level = c2f_tiles_from_trace(trace.read_text().splitlines())
-        if "c2f" in names and per_level is None:
-            raise ValueError("c2f depends on the question: give --c2f-tiles or --trace")
-        options = CountOptions(
-            reduction_grid_tiles=grid_tiles,
-            alpha=alpha,
-            max_tiles=max_tiles,
-            c2f_tiles=per_level,
-            min_short_side=min_short_side,
-            dip_rule=dip_rule.value,
-        )
-        rows = flops_table(dims, height, width, names, options)
+        rows = flops_table(dims, height, width, names, per_strategy, per_level)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     if output_format == "json":
@@ -773,6 +799,60 @@ def flops(
         + (f", c2f {levels} tiles/level" if levels is not None else "")
     )
     Console().print(table)
+
+
+@app.command("strategies")
+def strategies_command(
+    output_format: str = typer.Option("table", "--format", help="table or json."),
+) -> None:
+    """List the strategies with their options (type, default, help).
+
+    Give options to lrsvqa eval as --strategy-option key=value and to lrsvqa flops as
+    --option key=value; the model options apply to every strategy.
+
+    Example: lrsvqa strategies --format json
+    """
+    import json
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lrsvqa.strategies.registry import describe_strategies
+
+    if output_format not in ("table", "json"):
+        raise typer.BadParameter("choose table or json", param_hint="--format")
+    rows = describe_strategies()
+    if output_format == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="strategies (lrsvqa eval --strategy NAME --strategy-option key=value)")
+    for column in ("strategy", "option", "type", "default", "help"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(escape(row["name"]), "", "", "", escape(row["summary"]))
+        for opt in row["options"]:
+            cells = (opt["name"], opt["type"], _shown(opt["default"]), opt["help"])
+            table.add_row("", *(escape(cell) for cell in cells))
+        table.add_section()
+    Console().print(table)
+
+
+def _shown(value: object) -> str:
+    """An option default as one would type it after ``key=``."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` (e.g. ``"27328x600"``) to ``(height, width)``."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"expected WIDTHxHEIGHT in pixels, got {text!r}")
+    return int(parts[1]), int(parts[0])
 
 
 def _float_tuple(text: str) -> tuple[float, ...]:

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from lrsvqa.imagery.pyramid import Box, PyramidGeometry  # noqa: E402
+from lrsvqa.imagery.pyramid import PyramidGeometry
+from lrsvqa.types import Box  # noqa: E402
 
 
 def save_attention_overlay(

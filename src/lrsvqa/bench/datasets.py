@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box, read_lrsvqa_jsonl
 
 MME_RS_SUBSET = "MME-RealWorld-RS"
 
@@ -147,26 +147,14 @@ def subset_of(question_id: str) -> str:
 def load_lrs_vqa(path: Path) -> list[BenchItem]:
     """Read an LRS-VQA-format question file (official or synthetic).
 
+    The rule (required and optional fields) is :mod:`lrsvqa.types`'s, shared with the
+    question generators.
+
     Raises:
-        ValueError: A line is not valid JSON, lacks a required field, or repeats a
+        ValueError: A line is not valid JSON, breaks the rule, or repeats a
             ``question_id`` (answer files are keyed by id, so ids must be unique).
     """
-    items: list[BenchItem] = []
-    seen: set[str] = set()
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                item = _lrs_item(row)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{number}: bad LRS-VQA item ({exc})") from exc
-            if item.question_id in seen:
-                raise ValueError(f"{path}:{number}: duplicate question_id {item.question_id!r}")
-            seen.add(item.question_id)
-            items.append(item)
-    return items
+    return [_lrs_item(row) for row in read_lrsvqa_jsonl(path)]
 
 
 def _lrs_item(row: Mapping[str, Any]) -> BenchItem:

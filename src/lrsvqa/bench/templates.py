@@ -14,12 +14,13 @@ template questions built from the same labels. This module does both for any lis
 * :func:`to_llava_conversations` turns records into LLaVA SFT conversations.
 
 Sizes passed in are ``(height, width)`` like the rest of the package; the JSONL
-``image_size`` field is ``[width, height]`` as in the official LRS-VQA file.
+``image_size`` field is ``[width, height]`` as in the official LRS-VQA file. The
+records follow the one LRS-VQA rule of :mod:`lrsvqa.types`, which also reads and
+writes them.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,7 +45,6 @@ TEMPLATE_CATEGORIES = (
     "object background",
     "object position",
 )
-REQUIRED_KEYS = ("question_id", "image", "category", "text", "ground_truth", "image_size")
 
 REFERENCE_KINDS = ("category-unique", "setting-qualified", "scene-positional")
 SETTING_JOIN = " in the "
@@ -583,39 +583,6 @@ def generate_from_labels(
         )
     for n, record in enumerate(records, start=1):
         record["question_id"] = f"{subset}_{n}"
-    return records
-
-
-def write_lrsvqa_jsonl(records: Iterable[Mapping[str, Any]], path: str | Path) -> int:
-    """Write records one JSON object a line; returns how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def read_lrsvqa_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read an LRS-VQA JSONL file (official or generated), checking required fields.
-
-    Raises:
-        ValueError: Naming the line of a record that is not JSON or lacks a field.
-    """
-    records = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not JSON: {err}") from err
-        missing = [key for key in REQUIRED_KEYS if key not in record]
-        if missing:
-            raise ValueError(f"{path}:{lineno}: missing {missing}")
-        records.append(record)
     return records
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from lrsvqa.types import Box
+
 GeoTransform = tuple[float, float, float, float, float, float]
-Box = tuple[float, float, float, float]
 
 # GeoKey value meaning "user-defined", i.e. no EPSG code.
 _USER_DEFINED = 32767

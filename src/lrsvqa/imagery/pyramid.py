@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box
 
 DEFAULT_TILE_SIZE = 336
 DEFAULT_MIN_SHORT_SIDE = 1008
@@ -248,6 +248,32 @@ class PyramidGeometry:
             box = level.token_image_box(row, col, tokens_per_side)
             selected.update(finer.tiles_covering(box))
         return sorted(selected)
+
+
+@dataclass(frozen=True)
+class PyramidConfig:
+    """How the Dynamic Image Pyramid of an image is built.
+
+    Attributes:
+        tile_size: Tile side ``B`` of the vision encoder (336 for CLIP-L/14-336).
+        min_short_side: Bound of the coarsest level, px (the paper's 1,008 = 3 tiles).
+        dip_rule: ``"official"`` or ``"paper-text"`` halving (:func:`level_sizes`).
+    """
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    min_short_side: int = DEFAULT_MIN_SHORT_SIDE
+    dip_rule: str = DEFAULT_DIP_RULE
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1 or self.min_short_side < 1:
+            raise ValueError(
+                f"tile_size and min_short_side must be positive, got "
+                f"{self.tile_size} and {self.min_short_side}"
+            )
+        if self.dip_rule not in DIP_RULES:
+            raise ValueError(
+                f"dip_rule must be one of {', '.join(DIP_RULES)}, got {self.dip_rule!r}"
+            )
 
 
 def level_sizes(

@@ -54,8 +54,8 @@ from lrsvqa.imagery.radiometry import (
     stretch_to_uint8,
     validate_percentiles,
 )
+from lrsvqa.types import Box
 
-Box = tuple[float, float, float, float]
 Size = tuple[int, int]
 
 MAX_PIXELS_ENV = "LRSVQA_MAX_PIXELS"

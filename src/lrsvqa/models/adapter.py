@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
+from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
+
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
-DEFAULT_MAX_NEW_TOKENS = 32
 
 
 class ModelLoadError(ValueError):
@@ -133,6 +134,32 @@ class LlavaAdapter:
     def image_newline(self) -> torch.Tensor | None:
         """LLaVA-NeXT's learned end-of-row embedding, or None for LLaVA-1.5."""
         return getattr(self.model.model, "image_newline", None)
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The vision encoder (a CLIP or SigLIP vision model)."""
+        return self.model.model.vision_tower
+
+    @property
+    def vision_encoder_layers(self) -> nn.ModuleList:
+        """The vision encoder's transformer layers (VisionZip/PruMerge+ read one)."""
+        tower = self.vision_tower
+        return getattr(tower, "vision_model", tower).encoder.layers
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """The multimodal projector on vision features ``(..., c)``: ``(..., hidden)``."""
+        return self.model.model.multi_modal_projector(features)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The LLM's projection from hidden states to vocabulary logits."""
+        return self.model.get_output_embeddings()
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation (from the generation config)."""
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
     @property
     def hidden_size(self) -> int:

@@ -53,8 +53,7 @@ def _encoder_parts(adapter: LlavaAdapter) -> tuple[nn.Module, int]:
             f"(vision_feature_select_strategy 'default', got "
             f"{config.vision_feature_select_strategy!r})"
         )
-    tower = adapter.model.model.vision_tower
-    layers = getattr(tower, "vision_model", tower).encoder.layers
+    layers = adapter.vision_encoder_layers
     index = layer % (len(layers) + 1)
     if index == 0:
         raise ValueError("the vision feature layer is the embedding output; no attention to use")
@@ -91,7 +90,7 @@ def encode_with_cls_attention(
 ) -> TileFeatures:
     """Run the vision tower on normalised tiles and keep what the rankings need."""
     layers, index = _encoder_parts(adapter)
-    tower = adapter.model.model.vision_tower
+    tower = adapter.vision_tower
     features, attention, keys = [], [], []
     for start in range(0, pixel_values.shape[0], batch_size):
         hidden = tower(pixel_values[start : start + batch_size], output_hidden_states=True)
@@ -110,4 +109,4 @@ def gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def project(adapter: LlavaAdapter, features: torch.Tensor) -> torch.Tensor:
     """The multimodal projector on (tokens, c) vision features: (tokens, hidden)."""
-    return adapter.model.model.multi_modal_projector(features[None])[0]
+    return adapter.project(features[None])[0]

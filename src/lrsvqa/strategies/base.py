@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-Box = tuple[float, float, float, float]
+from lrsvqa.types import Box
 
 
 @dataclass

@@ -1,23 +1,12 @@
 """Every inference method behind the :class:`Strategy` interface, registered by name.
 
-``thumbnail``, ``anyres-p4/p9/p25/p144``, ``visionzip``, ``prumerge++``, ``fastv``,
-``pdrop``, ``c2f`` and ``c2f-nodip`` are built by :func:`lrsvqa.strategies.registry.build_strategy`
-with keyword options:
-
-* common: ``model_path`` (or ``model``), ``device`` (``"cpu"``), ``dtype``
-  (``"float32"``), ``rfm_path`` (or ``rfm``; used by the c2f strategies, ignored by
-  the others so one command line can drive them all), ``max_new_tokens`` (32);
-* ``grid_tiles``: the anyres grid budget under VisionZip, PruMerge+, FastV and PDrop
-  (default 144, the LRS-VQA paper's Tab. 4 setting) and c2f-nodip's grid (default
-  80, c2f's ``N_max``, so both may look at as many tiles);
-* per method: ``retained`` (VisionZip, 64), ``ratio`` (PruMerge+ 0.25, FastV and
-  PDrop 0.5), ``neighbours`` (PruMerge+, 32), ``layer`` (FastV, 2), ``layers``
-  (PDrop, default the 7/14/21-of-28 boundaries scaled to the depth), ``rfm_layers``,
-  ``alpha``, ``max_tiles``, ``fixed_layers``, ``min_short_side`` (c2f).
-
-Strategies built in one process share one loaded model per ``(path, dtype, device)``
-(and one RFM per model and RFM source). Every result carries the theoretical TFLOPs
-of :mod:`lrsvqa.flops` computed from the token counts the model actually saw.
+``thumbnail``, ``anyres-p4/p9/p25/p144``, ``fullres``, ``visionzip``, ``prumerge++``,
+``fastv``, ``pdrop``, ``c2f`` and ``c2f-nodip`` are registered here with their options
+(:mod:`.options`; ``lrsvqa strategies`` lists them) and their token counters
+(:mod:`.counters`). Strategies built in one process share one loaded model per
+``(path, dtype, device)`` (and one RFM per model and RFM source). Every result carries
+the theoretical TFLOPs of :mod:`lrsvqa.flops` computed from the token counts the model
+actually saw.
 """
 
 from __future__ import annotations
@@ -36,34 +25,30 @@ import torch
 from lrsvqa import budgets
 from lrsvqa.flops import ModelDims, TokenCount
 from lrsvqa.imagery.anyres import ANYRES_MAX_TILES, AnyresGeometry
-from lrsvqa.imagery.pyramid import (
-    DEFAULT_DIP_RULE,
-    DEFAULT_MIN_SHORT_SIDE,
-    DIP_RULES,
-    grid_geometry,
-)
+from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
-from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
+from lrsvqa.strategies import counters
 from lrsvqa.strategies.base import StrategyResult
-from lrsvqa.strategies.c2f import (
-    DEFAULT_ALPHA,
-    DEFAULT_MAX_TILES,
-    CoarseToFine,
-    CoarseToFineConfig,
-    CoarseToFineResult,
-)
+from lrsvqa.strategies.c2f import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
 from lrsvqa.strategies.llm_drop import StagedDecoder
-from lrsvqa.strategies.prumerge import PRUMERGE_NEIGHBOURS, prumerge_crops
-from lrsvqa.strategies.registry import register_strategy
+from lrsvqa.strategies.options import (
+    C2FNoDipOptions,
+    C2FOptions,
+    FastVOptions,
+    FullResOptions,
+    PDropOptions,
+    PruMergeOptions,
+    RFMOptions,
+    VisionZipOptions,
+)
+from lrsvqa.strategies.prumerge import prumerge_crops
+from lrsvqa.strategies.registry import ModelOptions, NoOptions, register_strategy
 from lrsvqa.strategies.visionzip import visionzip_crops
-
-REDUCTION_GRID_TILES = 144
-NODIP_GRID_TILES = DEFAULT_MAX_TILES
-FULLRES_MAX_TILES = 1024
 
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
@@ -385,10 +370,10 @@ class CoarseToFineStrategy(_ModelStrategy):
         adapter: The model.
         rfm: Its Region Focus Module (trained or training-free).
         config: Alg. 1 options.
-        min_short_side: The 1,008 px bound of the coarsest DIP level.
-        grid_tiles: None for the DIP (``c2f``); otherwise prune on the single anyres
-            grid of at most this many tiles, placed by :func:`grid_geometry`
-            (``c2f-nodip``, the paper's Tab. 5 ablation).
+        pyramid: The DIP (``c2f``), or None to prune on the single anyres grid of at
+            most ``grid_tiles`` tiles placed by :func:`grid_geometry` (``c2f-nodip``,
+            the paper's Tab. 5 ablation).
+        grid_tiles: That grid's budget (``c2f-nodip`` only).
     """
 
     def __init__(
@@ -397,23 +382,26 @@ class CoarseToFineStrategy(_ModelStrategy):
         adapter: LlavaAdapter,
         rfm: RegionFocusModule,
         config: CoarseToFineConfig,
-        min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+        pyramid: PyramidConfig | None = None,
         grid_tiles: int | None = None,
-        dip_rule: str = DEFAULT_DIP_RULE,
     ) -> None:
         super().__init__(name, adapter, config.max_new_tokens)
+        if (pyramid is None) == (grid_tiles is None):
+            raise ValueError("give either a pyramid (c2f) or grid_tiles (c2f-nodip)")
         self.c2f = CoarseToFine(adapter, rfm, config)
-        self.min_short_side = min_short_side
-        self.dip_rule = dip_rule
+        self.pyramid = pyramid
         self.grid_tiles = grid_tiles
         self.rfm_dims = ModelDims.from_config(adapter.config.to_dict(), rfm_layers=len(rfm.layers))
 
     def prepare(self, image_path: Path) -> PyramidReader:
         """Open the image lazily with its DIP (or single-grid) geometry."""
         b = self.adapter.tile_size
-        if self.grid_tiles is None:
+        if self.pyramid is not None:
             return PyramidReader.open(
-                image_path, tile_size=b, min_short_side=self.min_short_side, dip_rule=self.dip_rule
+                image_path,
+                tile_size=b,
+                min_short_side=self.pyramid.min_short_side,
+                dip_rule=self.pyramid.dip_rule,
             )
         image = open_image(image_path)
         try:
@@ -473,165 +461,149 @@ class CoarseToFineStrategy(_ModelStrategy):
 
 
 # ---------------------------------------------------------------------- factories
-@dataclass(frozen=True)
-class CommonOptions:
-    """Options every factory accepts (see the module docstring)."""
+def _adapter(model: ModelOptions) -> LlavaAdapter:
+    """The shared model.
 
-    model_path: str
-    device: str = "cpu"
-    dtype: str = "float32"
-    rfm_path: str | None = None
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
-
-    @classmethod
-    def split(
-        cls, name: str, options: Mapping[str, Any], specific: tuple[str, ...] = ()
-    ) -> tuple[CommonOptions, dict[str, Any]]:
-        """Separate the common options from ``specific`` ones; reject anything else.
-
-        Raises:
-            TypeError: An option the strategy does not know, or no model path.
-        """
-        rest = dict(options)
-        model = rest.pop("model_path", None)
-        model = rest.pop("model", None) if model is None else model
-        rfm = rest.pop("rfm_path", None)
-        rfm = rest.pop("rfm", None) if rfm is None else rfm
-        if model is None:
-            raise TypeError(f"strategy {name!r} needs a model path (model_path=...)")
-        common = cls(
-            model_path=str(model),
-            device=str(rest.pop("device", None) or "cpu"),
-            dtype=str(rest.pop("dtype", None) or "float32"),
-            rfm_path=None if rfm is None else str(rfm),
-            max_new_tokens=int(rest.pop("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
-        )
-        unknown = sorted(set(rest) - set(specific))
-        if unknown:
-            known = ", ".join(specific) or "none besides the common ones"
-            raise TypeError(f"strategy {name!r} got unknown options {unknown}; it takes {known}")
-        return common, rest
-
-    def adapter(self) -> LlavaAdapter:
-        """The shared model."""
-        return shared_adapter(self.model_path, self.dtype, self.device)
+    Raises:
+        ValueError: No model path was given.
+    """
+    if model.model_path is None:
+        raise ValueError("this strategy needs a model path (model_path=..., --model)")
+    return shared_adapter(model.model_path, model.dtype, model.device)
 
 
-def make_thumbnail(**options: Any) -> ThumbnailStrategy:
+def make_thumbnail(model: ModelOptions, options: NoOptions) -> ThumbnailStrategy:
     """Factory of ``thumbnail``."""
-    common, _ = CommonOptions.split("thumbnail", options)
-    return ThumbnailStrategy("thumbnail", common.adapter(), common.max_new_tokens)
+    return ThumbnailStrategy("thumbnail", _adapter(model), model.max_new_tokens)
 
 
-def make_anyres(max_tiles: int, **options: Any) -> AnyresStrategy:
+def make_anyres(model: ModelOptions, options: NoOptions, max_tiles: int) -> AnyresStrategy:
     """Factory of ``anyres-pX``."""
-    name = f"anyres-p{max_tiles}"
-    common, _ = CommonOptions.split(name, options)
-    return AnyresStrategy(name, common.adapter(), common.max_new_tokens, max_tiles)
+    return AnyresStrategy(f"anyres-p{max_tiles}", _adapter(model), model.max_new_tokens, max_tiles)
 
 
-def make_fullres(**options: Any) -> FullResolutionStrategy:
-    """Factory of ``fullres`` (option ``max_tiles``, default 1,024)."""
-    common, own = CommonOptions.split("fullres", options, ("max_tiles",))
-    max_tiles = int(own.get("max_tiles", FULLRES_MAX_TILES))
-    return FullResolutionStrategy("fullres", common.adapter(), common.max_new_tokens, max_tiles)
+def make_fullres(model: ModelOptions, options: FullResOptions) -> FullResolutionStrategy:
+    """Factory of ``fullres``."""
+    return FullResolutionStrategy(
+        "fullres", _adapter(model), model.max_new_tokens, options.max_tiles
+    )
 
 
-def make_visionzip(**options: Any) -> CropReductionStrategy:
-    """Factory of ``visionzip`` (options ``grid_tiles``, ``retained``)."""
-    common, own = CommonOptions.split("visionzip", options, ("grid_tiles", "retained"))
-    retained = int(own.get("retained", budgets.VISIONZIP_RETAINED))
-    if retained < 1:
-        raise ValueError(f"VisionZip must retain at least one token, got {retained}")
+def make_visionzip(model: ModelOptions, options: VisionZipOptions) -> CropReductionStrategy:
+    """Factory of ``visionzip``."""
     return CropReductionStrategy(
         "visionzip",
-        common.adapter(),
-        common.max_new_tokens,
-        int(own.get("grid_tiles", REDUCTION_GRID_TILES)),
-        partial(visionzip_crops, retained=retained),
+        _adapter(model),
+        model.max_new_tokens,
+        options.grid_tiles,
+        partial(visionzip_crops, retained=options.retained),
     )
 
 
-def make_prumerge(**options: Any) -> CropReductionStrategy:
-    """Factory of ``prumerge++`` (options ``grid_tiles``, ``ratio``, ``neighbours``)."""
-    common, own = CommonOptions.split("prumerge++", options, ("grid_tiles", "ratio", "neighbours"))
-    ratio = float(own.get("ratio", budgets.PRUMERGE_RATIO))
-    neighbours = int(own.get("neighbours", PRUMERGE_NEIGHBOURS))
-    if not 0 < ratio <= 1 or neighbours < 0:
-        raise ValueError(f"PruMerge+ needs 0 < ratio <= 1 and neighbours >= 0, got {own}")
+def make_prumerge(model: ModelOptions, options: PruMergeOptions) -> CropReductionStrategy:
+    """Factory of ``prumerge++``."""
     return CropReductionStrategy(
         "prumerge++",
-        common.adapter(),
-        common.max_new_tokens,
-        int(own.get("grid_tiles", REDUCTION_GRID_TILES)),
-        partial(prumerge_crops, ratio=ratio, neighbours=neighbours),
+        _adapter(model),
+        model.max_new_tokens,
+        options.grid_tiles,
+        partial(prumerge_crops, ratio=options.ratio, neighbours=options.neighbours),
     )
 
 
-def make_fastv(**options: Any) -> LLMDropStrategy:
-    """Factory of ``fastv`` (options ``grid_tiles``, ``layer``, ``ratio``)."""
-    common, own = CommonOptions.split("fastv", options, ("grid_tiles", "layer", "ratio"))
-    layer = int(own.get("layer", budgets.FASTV_LAYER))
-    ratio = float(own.get("ratio", budgets.FASTV_RATIO))
-    return LLMDropStrategy(
-        "fastv",
-        common.adapter(),
-        common.max_new_tokens,
-        int(own.get("grid_tiles", REDUCTION_GRID_TILES)),
-        {layer: ratio},
-    )
+def make_llm_drop(
+    model: ModelOptions, options: FastVOptions | PDropOptions, name: str
+) -> LLMDropStrategy:
+    """Factory of ``fastv`` and ``pdrop``."""
+    adapter = _adapter(model)
+    drops = options.drops(len(adapter.decoder_layers))
+    return LLMDropStrategy(name, adapter, model.max_new_tokens, options.grid_tiles, drops)
 
 
-def make_pdrop(**options: Any) -> LLMDropStrategy:
-    """Factory of ``pdrop`` (options ``grid_tiles``, ``layers``, ``ratio``)."""
-    common, own = CommonOptions.split("pdrop", options, ("grid_tiles", "layers", "ratio"))
-    adapter = common.adapter()
-    layers = own.get("layers") or budgets.pdrop_layers(len(adapter.decoder_layers))
-    ratio = float(own.get("ratio", budgets.PDROP_RATIO))
-    return LLMDropStrategy(
-        "pdrop",
+def _rfm(adapter: LlavaAdapter, options: RFMOptions) -> RegionFocusModule:
+    layers = list(options.rfm_layers) if options.rfm_layers else None
+    return shared_rfm(adapter, options.rfm_path, layers)
+
+
+def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
+    """Factory of ``c2f``."""
+    adapter = _adapter(model)
+    return CoarseToFineStrategy(
+        "c2f",
         adapter,
-        common.max_new_tokens,
-        int(own.get("grid_tiles", REDUCTION_GRID_TILES)),
-        dict.fromkeys((int(layer) for layer in layers), ratio),
+        _rfm(adapter, options),
+        options.config(model.max_new_tokens),
+        pyramid=options.pyramid(adapter.tile_size),
     )
 
 
-def make_c2f(nodip: bool, **options: Any) -> CoarseToFineStrategy:
-    """Factory of ``c2f`` / ``c2f-nodip``."""
-    name = "c2f-nodip" if nodip else "c2f"
-    shared = ("rfm_layers", "alpha")
-    own_keys = (
-        ("grid_tiles",) if nodip else ("max_tiles", "fixed_layers", "min_short_side", "dip_rule")
-    )
-    common, own = CommonOptions.split(name, options, shared + own_keys)
-    adapter = common.adapter()
-    layers = own.get("rfm_layers")
-    rfm = shared_rfm(adapter, common.rfm_path, [int(i) for i in layers] if layers else None)
-    fixed = own.get("fixed_layers")
-    config = CoarseToFineConfig(
-        alpha=float(own.get("alpha", DEFAULT_ALPHA)),
-        max_tiles=int(own.get("max_tiles", DEFAULT_MAX_TILES)),
-        fixed_layers=None if fixed is None else int(fixed),
-        max_new_tokens=common.max_new_tokens,
-    )
-    grid_tiles = int(own.get("grid_tiles", NODIP_GRID_TILES)) if nodip else None
-    min_short_side = int(own.get("min_short_side", DEFAULT_MIN_SHORT_SIDE))
-    dip_rule = str(own.get("dip_rule", DEFAULT_DIP_RULE))
-    if dip_rule not in DIP_RULES:
-        raise ValueError(
-            f"{name}: dip_rule must be one of {', '.join(DIP_RULES)}, got {dip_rule!r}"
-        )
-    return CoarseToFineStrategy(name, adapter, rfm, config, min_short_side, grid_tiles, dip_rule)
+def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFineStrategy:
+    """Factory of ``c2f-nodip``."""
+    adapter = _adapter(model)
+    config = CoarseToFineConfig(alpha=options.alpha, max_new_tokens=model.max_new_tokens)
+    rfm = _rfm(adapter, options)
+    return CoarseToFineStrategy("c2f-nodip", adapter, rfm, config, grid_tiles=options.grid_tiles)
 
 
-register_strategy("thumbnail", make_thumbnail)
+register_strategy(
+    "thumbnail",
+    make_thumbnail,
+    counter=counters.count_thumbnail,
+    summary="LLaVA-1.5 style: one view of the whole image.",
+)
 for _tiles in ANYRES_MAX_TILES:
-    register_strategy(f"anyres-p{_tiles}", partial(make_anyres, _tiles))
-register_strategy("fullres", make_fullres)
-register_strategy("visionzip", make_visionzip)
-register_strategy("prumerge++", make_prumerge)
-register_strategy("fastv", make_fastv)
-register_strategy("pdrop", make_pdrop)
-register_strategy("c2f", partial(make_c2f, False))
-register_strategy("c2f-nodip", partial(make_c2f, True))
+    register_strategy(
+        f"anyres-p{_tiles}",
+        partial(make_anyres, max_tiles=_tiles),
+        counter=partial(counters.count_anyres, max_tiles=_tiles),
+        summary=f"LLaVA-NeXT anyres, at most {_tiles} tiles, every token to the LLM.",
+    )
+register_strategy(
+    "fullres",
+    make_fullres,
+    options=FullResOptions,
+    counter=counters.count_fullres,
+    summary="Every tile at full resolution, where it fits (paper Fig. 1(b)).",
+)
+register_strategy(
+    "visionzip",
+    make_visionzip,
+    options=VisionZipOptions,
+    counter=counters.count_visionzip,
+    summary="VisionZip: dominant + contextual tokens of every anyres crop.",
+)
+register_strategy(
+    "prumerge++",
+    make_prumerge,
+    options=PruMergeOptions,
+    counter=counters.count_prumerge,
+    summary="PruMerge+: outlier tokens of every anyres crop, merged.",
+)
+register_strategy(
+    "fastv",
+    partial(make_llm_drop, name="fastv"),
+    options=FastVOptions,
+    counter=counters.count_fastv,
+    summary="FastV: vision tokens cut once inside the LLM.",
+)
+register_strategy(
+    "pdrop",
+    partial(make_llm_drop, name="pdrop"),
+    options=PDropOptions,
+    counter=counters.count_pdrop,
+    summary="PyramidDrop: vision tokens cut at each LLM stage.",
+)
+register_strategy(
+    "c2f",
+    make_c2f,
+    options=C2FOptions,
+    counter=counters.count_c2f,
+    summary="Coarse-to-fine text-guided pruning on the DIP (paper Alg. 1).",
+)
+register_strategy(
+    "c2f-nodip",
+    make_c2f_nodip,
+    options=C2FNoDipOptions,
+    counter=counters.count_c2f_nodip,
+    summary="RFM pruning on one anyres grid, no pyramid (paper Tab. 5).",
+)

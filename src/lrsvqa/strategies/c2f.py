@@ -16,13 +16,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lrsvqa.imagery.pyramid import Box, PyramidGeometry
-from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
+from lrsvqa.imagery.pyramid import PyramidGeometry
+from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions, top_alpha
 from lrsvqa.models.rfm import RegionFocusModule
-
-DEFAULT_ALPHA = 0.25
-DEFAULT_MAX_TILES = 80
+from lrsvqa.types import Box
 
 
 class TileSource(Protocol):

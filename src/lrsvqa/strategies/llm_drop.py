@@ -36,8 +36,8 @@ import torch
 from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-from lrsvqa.budgets import check_drops, kept_after_drop
-from lrsvqa.models.adapter import DEFAULT_MAX_NEW_TOKENS, LlavaAdapter
+from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS, check_drops, kept_after_drop
+from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
 
 
@@ -75,9 +75,7 @@ class StagedDecoder:
         self.text_config = adapter.config.text_config
         self.layers = adapter.decoder_layers
         self.rotary = adapter.language_model.rotary_emb
-        generation = adapter.model.generation_config
-        eos = generation.eos_token_id
-        self.eos = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        self.eos = adapter.eos_token_ids
 
     def _mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Causal mask over the current (possibly pruned) sequence, in index order."""
@@ -158,7 +156,7 @@ class StagedDecoder:
     def _next_token(self, hidden: torch.Tensor) -> torch.Tensor:
         """Greedy choice from the last position's hidden state: (1, 1) token id."""
         normed = self.adapter.language_model.norm(hidden[:, -1:])
-        return self.adapter.model.lm_head(normed).argmax(dim=-1)
+        return self.adapter.lm_head(normed).argmax(dim=-1)
 
     def _decode(
         self, hidden: torch.Tensor, cache: DynamicCache, length: int, max_new_tokens: int

@@ -25,10 +25,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from lrsvqa.budgets import PRUMERGE_RATIO, prumerge_budget
+from lrsvqa.budgets import PRUMERGE_NEIGHBOURS, PRUMERGE_RATIO, prumerge_budget
 from lrsvqa.models.vision_attention import gather_tokens
-
-PRUMERGE_NEIGHBOURS = 32
 
 
 def iqr_outliers(cls_attention: torch.Tensor) -> torch.Tensor:

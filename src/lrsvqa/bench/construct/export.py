@@ -27,8 +27,9 @@ from lrsvqa.bench.construct.store import (
     write_json,
 )
 from lrsvqa.bench.construct.targets import load_targets
-from lrsvqa.bench.templates import lrsvqa_record, write_lrsvqa_jsonl
+from lrsvqa.bench.templates import lrsvqa_record
 from lrsvqa.labels import LabeledObject
+from lrsvqa.types import write_lrsvqa_jsonl
 
 # Upper bounds (exclusive) of the longer image side; the paper's images reach 27,328 px.
 SIZE_BINS: tuple[tuple[float, str], ...] = (
