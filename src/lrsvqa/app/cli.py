@@ -463,7 +463,8 @@ def pyramid(
             max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
         )
     except ImageReadError as error:
-        console.print(f"[red]error:[/red] {error}")
+        # soft_wrap: one line whatever the terminal width (a wrap eats the space it breaks at)
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from error
     with reader:
         console.print(pyramid_table(reader))
