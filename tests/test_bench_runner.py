@@ -319,10 +319,18 @@ def test_eval_command_passes_model_options_to_the_factory(tmp_path, monkeypatch)
     args += ["--strategy", "test-options", "--model", "ckpt", "--device", "cpu", "--dtype", "bf16"]
     args += ["--strategy-option", f"questions={questions}", "--strategy-option", "delay=0"]
     args += ["--strategy-option", "layers=[7, 14]", "-o", str(output), "--no-progress"]
+    args += ["--hr-pool", "2", "--hr-pool-mode", "average", "--no-newline"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen == {
-        "model": ModelOptions(model_path="ckpt", device="cpu", dtype="bf16"),
+        "model": ModelOptions(
+            model_path="ckpt",
+            device="cpu",
+            dtype="bf16",
+            hr_pool=2,
+            hr_pool_mode="average",
+            newline=False,
+        ),
         "options": OracleOptions(questions=str(questions), delay=0.0, layers=(7, 14)),
     }
     assert "2 answered" in result.output and "OA" in result.output

@@ -18,6 +18,9 @@ DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
 DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
 DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
+_HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
+_POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
+_NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
 
 app = typer.Typer(
     name="lrsvqa",
@@ -30,6 +33,19 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
+
+
+def _pool_mode(text: str | None) -> str | None:
+    """Check ``--hr-pool-mode`` against the adapter's modes (imported only when given)."""
+    if text is None:
+        return None
+    from lrsvqa.models.adapter import POOL_MODES
+
+    if text not in POOL_MODES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(POOL_MODES)}, got {text!r}", param_hint="--hr-pool-mode"
+        )
+    return text
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -58,6 +74,9 @@ def ask(
         PyramidConfig.min_short_side, help="DIP: bound of the coarsest level, px."
     ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
     device: str = typer.Option("cpu", help="Torch device."),
@@ -83,7 +102,16 @@ def ask(
     config = CoarseToFineConfig(
         alpha=alpha, max_tiles=max_tiles, fixed_layers=fixed_layers, max_new_tokens=max_new_tokens
     )
-    loaded = load_model(model, rfm, rfm_layers=_int_list(rfm_layers), dtype=dtype, device=device)
+    loaded = load_model(
+        model,
+        rfm,
+        rfm_layers=_int_list(rfm_layers),
+        dtype=dtype,
+        device=device,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
+    )
     result, reader = run_ask(
         loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
     )
@@ -143,6 +171,9 @@ def eval_command(
     rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
     device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
     dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     strategy_option: list[str] = typer.Option(
         [],
         "--strategy-option",
@@ -184,6 +215,8 @@ def eval_command(
     # The one place CLI flags are mapped to option names.
     options: dict[str, object] = {"model_path": model, "rfm_path": rfm}
     options |= {"device": device, "dtype": dtype}
+    options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
+    options |= {"newline": False if no_newline else None}
     options = {key: value for key, value in options.items() if value is not None}
     options |= _key_values(strategy_option, "--strategy-option")
     try:
@@ -564,7 +597,9 @@ def distill(
     image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
     rfm_layers: str | None = typer.Option(None, help="LLM layers the RFM starts from: 1,5,11,14."),
     pairs: str | None = typer.Option(
-        None, help="Distilled RFM:LLM layer pairs, e.g. 0:1,3:14 (default: first and last)."
+        None,
+        help="Distilled RFM:LLM layer pairs, e.g. 0:0,4:14 (RFM layer 0 is the leading copy "
+        "of LLM layer 0; default: first and last).",
     ),
     steps: int = typer.Option(1000, min=1, help="Optimizer steps of the whole schedule."),
     stop_after: int | None = typer.Option(
@@ -580,8 +615,12 @@ def distill(
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
     dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
     min_short_side: int = typer.Option(
-        PyramidConfig.min_short_side, min=1, help="DIP: halve until short side <= this."
+        PyramidConfig.min_short_side, min=1, help="DIP: bound of the coarsest level, px."
     ),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
@@ -597,7 +636,7 @@ def distill(
     distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
 
     Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
-    --rfm-layers 1,5,11,14 --pairs 0:1,3:14 --steps 2000 --grad-accum 8 --bf16
+    --rfm-layers 1,5,11,14 --pairs 0:0,4:14 --steps 2000 --grad-accum 8 --bf16
     """
     import json
 
@@ -627,6 +666,10 @@ def distill(
         cpu=cpu,
         model_dtype=dtype,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
         seed=seed,
         num_workers=num_workers,
         log_every=log_every,
@@ -658,7 +701,11 @@ def sft(
     log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
     dtype: str = typer.Option("float32", help="Dtype of the model."),
-    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     seed: int = typer.Option(0, help="Seed of data order and randomness."),
 ) -> None:
     """Fine-tune a LLaVA model on LLaVA-format conversations (the loop distill uses).
@@ -689,6 +736,10 @@ def sft(
         config,
         image_root=image_root,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
         seed=seed,
         stop_after=stop_after,
         resume=resume,

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lrsvqa.imagery.errors import ImageReadError
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.layout import tile_token_positions
 
@@ -270,6 +270,8 @@ class ConversationDataset(Dataset):
         tile_size: Tile side ``B`` of the vision tower.
         tokens_per_side: Vision tokens per tile side.
         min_short_side: DIP minimum short side (the coarsest level's size).
+        dip_rule: DIP halving rule (:func:`lrsvqa.imagery.pyramid.level_sizes`), which
+            decides what the coarsest level is.
     """
 
     def __init__(
@@ -279,12 +281,14 @@ class ConversationDataset(Dataset):
         tile_size: int,
         tokens_per_side: int,
         min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+        dip_rule: str = DEFAULT_DIP_RULE,
     ) -> None:
         self.conversations = list(conversations)
         self.processor = processor
         self.tile_size = tile_size
         self.tokens_per_side = tokens_per_side
         self.min_short_side = min_short_side
+        self.dip_rule = dip_rule
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -294,7 +298,10 @@ class ConversationDataset(Dataset):
         text = text_layout(self.processor, conversation.turns, conversation.where)
         try:
             with PyramidReader.open(
-                conversation.image, tile_size=self.tile_size, min_short_side=self.min_short_side
+                conversation.image,
+                tile_size=self.tile_size,
+                min_short_side=self.min_short_side,
+                dip_rule=self.dip_rule,
             ) as reader:
                 tiles = reader.geometry.levels[0].tiles()
                 pixels = np.stack(reader.tiles(0, tiles))
