@@ -42,7 +42,7 @@ from lrsvqa.models.rfm import (
 )
 from lrsvqa.strategies.c2f import DEFAULT_ALPHA
 from lrsvqa.train.batch import embed_batch
-from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.checkpoint import check_folder, resume_point
 from lrsvqa.train.data import (
     Conversation,
     ConversationData,
@@ -379,27 +379,7 @@ def evaluate_agreement(
     return Agreement(*means, conversations=len(dataset))
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _resume_dir(config: DistillConfig, out_dir: Path) -> Path | None:
-    """Checkpoint to resume from, refusing to silently restart over existing checkpoints."""
-    existing = list_checkpoints(out_dir / CHECKPOINTS_DIR)
-    if config.resume is True:
-        if not existing:
-            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from")
-        return existing[-1]
-    if config.resume:
-        path = Path(config.resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: checkpoint folder does not exist")
-        return path
-    if existing:
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints ({existing[-1].name}); "
-            "resume from them or use another output directory"
-        )
-    return None
-
-
+# ---------------------------------------------------------------------- export
 def _export(
     accelerator: Accelerator,
     student: torch.nn.Module,
@@ -484,7 +464,7 @@ def distill(config: DistillConfig) -> DistillReport:
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
     dataset, eval_dataset = _datasets(adapter, config)
-    resume_from = _resume_dir(config, out_dir)
+    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
     if resume_from is not None:
         check_folder(resume_from)  # fail before the agreement measurement, not after
     before = None

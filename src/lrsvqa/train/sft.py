@@ -38,7 +38,7 @@ from lrsvqa.train.batch import (
     encode_batch,
     split_encoded,
 )
-from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.checkpoint import check_folder, list_checkpoints, resume_point
 from lrsvqa.train.data import ConversationData, load_conversations
 from lrsvqa.train.loop import (
     LoopConfig,
@@ -365,16 +365,9 @@ def finetune_conversations(
     """
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS_DIR
-    existing = list_checkpoints(checkpoints)
-    if resume and not existing:
-        raise FileNotFoundError(f"{out}: no checkpoint to resume from")
-    if existing and not resume:
-        raise FileExistsError(
-            f"{out} already holds checkpoints ({existing[-1].name}); "
-            "resume from them or use another output directory"
-        )
-    if existing:
-        check_folder(existing[-1])  # before loading the model
+    start = resume_point(out, checkpoints, resume)
+    if start is not None:
+        check_folder(start)  # before loading the model
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device).with_options(
