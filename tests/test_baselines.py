@@ -9,7 +9,7 @@ from transformers import LlavaNextImageProcessor, LlavaNextProcessor
 
 from lrsvqa.bench.runner import summarize_trace
 from lrsvqa.budgets import pdrop_layers, vision_tokens_per_layer, visionzip_split
-from lrsvqa.flops import TokenCount
+from lrsvqa.flops import ModelDims, TokenCount
 from lrsvqa.imagery.anyres import AnyresGeometry, grid_pinpoints, select_best_resolution
 from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.models.tiny import CHAT_TEMPLATE, build_tiny_llava, save_tiny_llava
@@ -338,6 +338,47 @@ def test_every_registered_strategy_answers_through_the_interface(model_dir, imag
         assert result.vision_tokens_to_llm == expected.tokens_to_llm, name
         assert result.vision_tokens_encoded == expected.vision_tokens_encoded, name
         assert result.tflops == pytest.approx(expected.tflops(strategy.dims)), name
+
+
+def test_a_pooled_model_feeds_every_baseline_what_flops_counts(tmp_path, image_path):
+    # A checkpoint whose config pools tiles as the authors' LLaVA-NeXT does (8 x 8 -> 4 x 4).
+    model, processor = build_tiny_llava(WORDS)
+    model.config.mm_spatial_pool_stride = 2
+    model_dir = save_tiny_llava(model, processor, tmp_path / "pooled")
+    assert json.loads((model_dir / "config.json").read_text())["mm_spatial_pool_stride"] == 2
+    adapter = shared_adapter(model_dir)
+    assert (adapter.tokens_per_side, adapter.thumbnail_tokens) == (4, 64)
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2)  # independent of the strategies
+    for name in [n for n in builtin_strategies() if not n.startswith("c2f")]:
+        extra = {"retained": 7} if name == "visionzip" else {}
+        if name in ("visionzip", "prumerge++", "fastv", "pdrop"):
+            extra["grid_tiles"] = 9
+        strategy = build_strategy(name, model_path=str(model_dir), max_new_tokens=1, **extra)
+        result = strategy.answer(strategy.prepare(image_path), QUESTION)
+        expected = count_strategy(name, dims, *IMAGE_SIZE, **extra)
+        assert result.vision_tokens_to_llm == expected.tokens_to_llm, name
+        assert result.vision_tokens_encoded == expected.vision_tokens_encoded, name
+        assert result.tflops == pytest.approx(expected.tflops(dims)), name
+
+
+def test_hr_pool_and_newline_options_pool_an_unpooled_checkpoint(model_dir, image_path):
+    plain = shared_adapter(model_dir)
+    options = {"model_path": str(model_dir), "max_new_tokens": 1, "hr_pool": 2, "newline": False}
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
+    anyres = build_strategy("anyres-p9", **options)
+    assert anyres.adapter is build_strategy("fastv", **options).adapter  # one shared view
+    assert anyres.adapter.model is plain.model and plain.tokens_per_side == 8
+    result = anyres.answer(anyres.prepare(image_path), QUESTION)
+    assert (
+        result.vision_tokens_to_llm == count_strategy("anyres-p9", dims, *IMAGE_SIZE).tokens_to_llm
+    )
+    nodip = build_strategy("c2f-nodip", grid_tiles=4, **options)
+    result = nodip.answer(nodip.prepare(image_path), QUESTION)
+    expected = count_strategy("c2f-nodip", dims, *IMAGE_SIZE, grid_tiles=4)
+    assert result.trace["rfm_vision_tokens"] == list(expected.rfm_vision_tokens) == [64 + 4 * 16]
+    assert result.vision_tokens_to_llm == expected.tokens_to_llm == 64 + 16
+    with pytest.raises(ValueError, match="newline"):
+        build_strategy("anyres-p9", model_path=str(model_dir), newline="maybe")
 
 
 def test_deep_c2f_trace_survives_the_answers_file():

@@ -44,9 +44,14 @@ class OracleOptions:
 
 
 class OracleStrategy:
-    """Answers with the ground truth looked up by question text (test only)."""
+    """Answers with the ground truth looked up by question text (test only).
+
+    ``broken`` fails questions containing it from outside the run's options, like a
+    failing disk.
+    """
 
     name = "test-oracle"
+    broken = ""
 
     def __init__(self, model: ModelOptions, options: OracleOptions):
         items = load_benchmark(options.bench, Path(options.questions), prompt=options.prompt)
@@ -65,7 +70,7 @@ class OracleStrategy:
             return image.size
 
     def answer(self, prepared, question):
-        if self.fail_on and self.fail_on in question:
+        if any(part and part in question for part in (self.fail_on, OracleStrategy.broken)):
             raise RuntimeError("model failed on purpose")
         time.sleep(self.delay)
         self.answered.append(question)
@@ -201,16 +206,17 @@ def test_run_answers_everything_and_records_bad_items(tmp_path):
     assert "| OA (paper rule) |" in output.with_suffix(".report.md").read_text()
 
 
-def test_rerun_resumes_and_retry_errors_answers_failed_items_again(tmp_path):
+def test_rerun_resumes_and_retry_errors_answers_failed_items_again(tmp_path, monkeypatch):
     questions = make_benchmark(tmp_path)
     output = tmp_path / "answers.jsonl"
     first = evaluate(config(tmp_path, questions, output, limit=5, score=False))
     assert (first.run.answered, first.report) == (5, None)
     head = output.read_bytes()
-    cfg = config(tmp_path, questions, output, strategy_options={"fail_on": "Question 4-"})
-    second = evaluate(cfg)
+    monkeypatch.setattr(OracleStrategy, "broken", "Question 4-")
+    second = evaluate(config(tmp_path, questions, output))
     assert (second.run.skipped, second.run.answered, second.run.errors) == (5, 13, 3)
     assert output.read_bytes().startswith(head)
+    monkeypatch.setattr(OracleStrategy, "broken", "")
     third = evaluate(config(tmp_path, questions, output, retry_errors=True))
     assert (third.run.skipped, third.run.answered, third.run.errors) == (15, 3, 0)
     records = read_answers(output)
@@ -319,10 +325,18 @@ def test_eval_command_passes_model_options_to_the_factory(tmp_path, monkeypatch)
     args += ["--strategy", "test-options", "--model", "ckpt", "--device", "cpu", "--dtype", "bf16"]
     args += ["--strategy-option", f"questions={questions}", "--strategy-option", "delay=0"]
     args += ["--strategy-option", "layers=[7, 14]", "-o", str(output), "--no-progress"]
+    args += ["--hr-pool", "2", "--hr-pool-mode", "average", "--no-newline"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert seen == {
-        "model": ModelOptions(model_path="ckpt", device="cpu", dtype="bf16"),
+        "model": ModelOptions(
+            model_path="ckpt",
+            device="cpu",
+            dtype="bf16",
+            hr_pool=2,
+            hr_pool_mode="average",
+            newline=False,
+        ),
         "options": OracleOptions(questions=str(questions), delay=0.0, layers=(7, 14)),
     }
     assert "2 answered" in result.output and "OA" in result.output
@@ -413,7 +427,7 @@ def test_kill_9_loses_nothing_written_and_never_duplicates(tmp_path):
     with output.open("ab") as handle:  # as if the kill had torn a line in half
         handle.write(b'{"question_id": "FAIR_29", "ans')
 
-    outcome = evaluate(config(tmp_path, questions, output))
+    outcome = evaluate(config(tmp_path, questions, output, strategy_options={"delay": 0.2}))
     assert outcome.run.skipped == len(done_before)
     final = output.read_bytes()
     assert final.startswith(kept)
@@ -460,6 +474,7 @@ def test_two_gloo_ranks_merged_equal_a_single_process_run(tmp_path):
     reports = [json.loads(p.with_suffix(".report.json").read_text()) for p in (sharded, single)]
     for report in reports:
         assert report.pop("cost")["seconds"] >= 0  # timings differ, nothing else may
+        assert report.pop("run")["strategy"]["name"] == "test-oracle"  # made at other times
     assert reports[0] == reports[1]
     assert reports[0]["errors"] == 3
 
@@ -479,7 +494,7 @@ def test_manual_shards_then_merge_command_equal_a_single_run(tmp_path):
     assert comparable(read_answers(merged)) == comparable(read_answers(single))
     shard_path(merged, 1, 2).unlink()
     missing = CliRunner().invoke(app, ["merge", str(merged)])
-    assert missing.exit_code != 0 and "missing shard ranks [1]" in str(missing.exception)
+    assert missing.exit_code == 2 and "missing shard ranks [1]" in missing.stderr
 
 
 if __name__ == "__main__":

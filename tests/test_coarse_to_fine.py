@@ -255,3 +255,122 @@ def test_llava_onevision_with_siglip_runs_through_the_same_seams():
     rows = len({row for row, _ in result.retained_positions})
     assert result.vision_tokens_to_llm == result.thumbnail_tokens + result.retained_tokens + rows
     assert result.levels[0].tokens_encoded == 64 * len(result.levels[0].tiles_encoded)
+
+
+# ---------------------------------------------------------------- pooled high-res tiles
+def _block_reduce(features: torch.Tensor, side: int, reduce) -> torch.Tensor:
+    """2 x 2 blocks of a row-major (n, side * side, d) grid reduced to (n, (side/2)^2, d)."""
+    n, _, d = features.shape
+    blocks = features.reshape(n, side // 2, 2, side // 2, 2, d)
+    return reduce(blocks).reshape(n, (side // 2) ** 2, d)
+
+
+@pytest.mark.parametrize(
+    ("mode", "reduce"),
+    [
+        # Halving bilinearly (no antialias) samples between two source tokens each way.
+        ("bilinear", lambda b: b.mean(dim=(2, 4))),
+        ("average", lambda b: b.mean(dim=(2, 4))),
+        ("max", lambda b: b.amax(dim=(2, 4))),
+    ],
+)
+def test_pooled_tiles_are_2x2_blocks_of_the_tile_grid(adapter, mode, reduce):
+    pooled = adapter.with_options(hr_pool=2, pool_mode=mode)
+    assert (pooled.tokens_per_side, pooled.tokens_per_tile, pooled.thumbnail_tokens) == (4, 16, 64)
+    assert adapter.tokens_per_side == 8  # the view leaves the shared adapter alone
+    features = adapter.encode_tiles([random_image(336, 336, s) for s in range(2)])
+    expected = _block_reduce(features, 8, reduce)
+    torch.testing.assert_close(pooled.pool_tiles(features), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_is_read_from_the_checkpoint_config():
+    from lrsvqa.models.adapter import LlavaAdapter
+    from lrsvqa.models.tiny import build_tiny_llava
+    from tests.tiny_models import WORDS
+
+    model, processor = build_tiny_llava(WORDS)
+    assert LlavaAdapter(model, processor).options.hr_pool == 1
+    model.config.mm_spatial_pool_stride = 2  # the authors' LLaVA-NeXT config keys
+    model.config.mm_spatial_pool_mode = "average"
+    loaded = LlavaAdapter(model, processor)
+    assert (loaded.options.hr_pool, loaded.options.pool_mode, loaded.tokens_per_side) == (
+        2,
+        "average",
+        4,
+    )
+    with pytest.raises(ValueError, match="unknown pool mode"):
+        loaded.with_options(pool_mode="nearest")
+
+
+def test_pooled_single_level_feeds_thumbnail_then_pooled_grid_without_newlines(adapter, rfm):
+    pooled = adapter.with_options(hr_pool=2, newline=False)
+    source = ArraySource(random_image(672, 672))
+    c2f = CapturingC2F(pooled, rfm, CoarseToFineConfig(alpha=1.0, max_new_tokens=2))
+    result = c2f.run(source, "what color is the ship?")
+    tiles = source.geometry.levels[0].tiles()
+    thumbnail = adapter.encode_tiles([source.thumbnail()])[0]
+    encoded = adapter.encode_tiles([source.tile(0, r, c) for r, c in tiles])
+    hr = _block_reduce(encoded, 8, lambda b: b.mean(dim=(2, 4)))
+    # Raster order over the 8 x 8 pooled canvas of the 2 x 2 grid, no row ends.
+    grid = hr.reshape(2, 2, 4, 4, -1).permute(0, 2, 1, 3, 4).reshape(64, -1)
+    expected, _ = adapter.assemble(
+        adapter.prompt_parts("what color is the ship?"), torch.cat([thumbnail, grid])
+    )
+    torch.testing.assert_close(c2f.fed, expected, rtol=1e-5, atol=1e-5)
+    assert result.vision_tokens_encoded == 5 * 64 and result.vision_tokens_to_llm == 64 + 64
+
+
+def test_pooled_c2f_descends_by_the_ground_a_pooled_token_covers(adapter, rfm):
+    from lrsvqa.flops import ModelDims
+    from lrsvqa.strategies.registry import count_strategy
+
+    pooled = adapter.with_options(hr_pool=2, newline=False)
+    source = ArraySource(random_image(4000, 3000))
+    target = (2500.0, 3300.0)
+    c2f = PlantedC2F(pooled, rfm, CoarseToFineConfig(alpha=0.01), target=target)
+    result = c2f.run(source, "what color is the ship?")
+    assert [t.decision for t in result.levels] == ["descend", "descend", "prune"]
+    geometry = source.geometry
+    for trace in result.levels:
+        assert trace.tokens_encoded == 16 * len(trace.tiles_encoded)
+        assert any(
+            x0 <= target[0] < x1 and y0 <= target[1] < y1 for x0, y0, x1, y1 in trace.tile_boxes
+        )
+    assert result.retained_tokens == math.ceil(0.01 * result.levels[-1].tokens_encoded)
+    assert result.vision_tokens_to_llm == 64 + result.retained_tokens
+    assert result.vision_tokens_encoded == 64 * (
+        1 + sum(len(t.tiles_encoded) for t in result.levels)
+    )
+    # The same counts as `lrsvqa flops` for the pooled architecture without newlines.
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
+    tiles = tuple(float(len(t.tiles_encoded)) for t in result.levels[1:])
+    count = count_strategy("c2f", dims, 4000, 3000, tiles_per_level=tiles, alpha=0.01)
+    assert count.vision_tokens_encoded == result.vision_tokens_encoded
+    assert count.tokens_to_llm == result.vision_tokens_to_llm
+    assert count.rfm_vision_tokens == tuple(64 + t.tokens_encoded for t in result.levels)
+    assert geometry.num_levels == 3
+
+
+def test_pooled_next_tiles_equal_those_of_the_unpooled_tokens_they_cover():
+    geometry = build_pyramid(4000, 3000)
+    pooled = [(1, 2), (5, 7), (11, 0)]
+    unpooled = [(2 * r + dr, 2 * c + dc) for r, c in pooled for dr in (0, 1) for dc in (0, 1)]
+    assert geometry.next_level_tiles(0, pooled, 12) == geometry.next_level_tiles(0, unpooled, 24)
+
+
+def test_pooled_c2f_nodip_counts_match_flops(adapter, rfm):
+    from lrsvqa.flops import ModelDims
+    from lrsvqa.imagery.anyres import AnyresGeometry
+    from lrsvqa.strategies.registry import count_strategy
+
+    pooled = adapter.with_options(hr_pool=2, newline=False)
+    grid = AnyresGeometry.for_image(1500, 2100, 9, 336).grid
+    source = ArraySource(random_image(1500, 2100), grid_geometry(1500, 2100, grid))
+    result = CoarseToFine(pooled, rfm, CoarseToFineConfig(alpha=0.25, max_new_tokens=1)).run(
+        source, "what?"
+    )
+    dims = ModelDims(64, 128, 6, patch_size=42, hr_pool=2, image_newline=False)
+    count = count_strategy("c2f-nodip", dims, 1500, 2100, grid_tiles=9, alpha=0.25)
+    assert count.vision_tokens_encoded == result.vision_tokens_encoded
+    assert count.tokens_to_llm == result.vision_tokens_to_llm
+    assert count.rfm_vision_tokens == (64 + result.levels[0].tokens_encoded,)

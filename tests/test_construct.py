@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openai
 import pytest
 import tifffile
 from PIL import Image
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from lrsvqa.app.cli import app
 from lrsvqa.bench.construct.crops import context_window, run_crops
-from lrsvqa.bench.construct.llm import ApiSettings, ChatClient, RequestFailed
+from lrsvqa.bench.construct.llm import ApiConfigError, ApiSettings, ChatClient, RequestFailed
 from lrsvqa.bench.construct.pipeline import BuildConfig, build_benchmark
 from lrsvqa.bench.construct.qa import parse_reply
 from lrsvqa.bench.construct.quality import Question, budget_size, evaluate, run_quality
@@ -183,12 +182,28 @@ def test_client_retries_a_timeout(serve):
 
 
 def test_client_stops_on_bad_key_and_never_shows_it(serve):
-    server = serve(lambda body, n: error(401, "invalid api key"))
+    server = serve(lambda body, n: error(401, "invalid api key sk-secret-123"))
     api = settings(server)
     assert "sk-secret-123" not in repr(api)
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(ApiConfigError, match="AuthenticationError") as raised:
         ChatClient(api, sleep=lambda s: None).chat([{"role": "user", "content": "hi"}])
     assert len(server.requests) == 1
+    assert "sk-secret-123" not in str(raised.value) and "<redacted>" in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_a_server_echoing_the_key_never_gets_it_stored(serve):
+    def respond(body, n):
+        if "reject" in message_text(body):
+            return error(400, "bad request from key sk-secret-123")
+        return 200, completion("your key is sk-secret-123"), {}
+
+    client = ChatClient(settings(serve(respond)), sleep=lambda s: None)
+    with pytest.raises(RequestFailed) as raised:
+        client.chat([{"role": "user", "content": "reject me"}])
+    assert "sk-secret-123" not in str(raised.value) and raised.value.__cause__ is None
+    reply = client.chat([{"role": "user", "content": "hi"}])
+    assert reply.text == "your key is <redacted>"
 
 
 # --- reply validation -----------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from lrsvqa.app.default_model import (
     READY_NAME,
+    RECIPE_DIP_RULE,
     DefaultModelConfig,
     ask_templates,
     build_default_model,
@@ -129,7 +130,7 @@ def test_sampler_keeps_target_tokens(built, home):
     )
     assert questions
     assert set(vocabulary(questions)) >= {"color", "what"}
-    reader = PyramidReader.open(split / entry["image"])
+    reader = PyramidReader.open(split / entry["image"], dip_rule=RECIPE_DIP_RULE)
     records = [
         TrainingRecord(0, q["text"], q["ground_truth"], record_targets(q, objects))
         for q in questions
@@ -206,7 +207,7 @@ def test_search_examples_show_a_window_of_tiles_and_mark_the_target(built):
         if q.get("hbox")
     ]
     assert records
-    reader = PyramidReader.open(split / entry["image"])
+    reader = PyramidReader.open(split / entry["image"], dip_rule=RECIPE_DIP_RULE)
     sampler = TrainingSampler([(reader, objects)], records, tokens_per_side=8, seed=0)
     sampler.search_share = 1.0
     levels = reader.geometry.levels
@@ -270,7 +271,7 @@ def test_sampler_adds_fresh_objects_it_paints_labels_and_asks_about(built):
     entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
     scene = generate_scene(SceneSpec.from_dict(entry["spec"]))
     placements = candidate_placements(scene, 60, seed=0)
-    reader = PyramidReader.open(split / entry["image"])
+    reader = PyramidReader.open(split / entry["image"], dip_rule=RECIPE_DIP_RULE)
     sampler = TrainingSampler(
         [(reader, list(scene.objects))],
         [],
@@ -322,7 +323,7 @@ def test_crowd_examples_show_other_objects_but_mark_only_the_target(built):
 
     split = built.root / "world" / "train"
     entry = json.loads((split / "manifest.json").read_text())["scenes"][0]
-    reader = PyramidReader.open(split / entry["image"])
+    reader = PyramidReader.open(split / entry["image"], dip_rule=RECIPE_DIP_RULE)
     finest = reader.geometry.levels[-1]
     x0, y0 = finest.image_width / 2, finest.image_height / 2
     boxes = [

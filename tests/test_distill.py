@@ -193,6 +193,32 @@ def test_two_process_cpu_run(tmp_path):
     assert (out / WEIGHTS_NAME).is_file()
 
 
+def test_pooled_official_rfm_distils_and_loads(tmp_path, one_thread):
+    adapter = _adapter()
+    train = write_toy_dataset(tmp_path / "train", 3, seed=0, size_range=(500, 672))
+    out = tmp_path / "rfm"
+    report = distill(
+        DistillConfig(
+            model=adapter,
+            data=train,
+            out_dir=out,
+            rfm_layers=[1, 3],
+            steps=2,
+            save_every=0,
+            eval_size=2,
+            hr_pool=2,
+            newline=False,
+            progress=False,
+        )
+    )
+    assert report.after is not None and report.last_loss > 0
+    config = json.loads((out / "rfm_config.json").read_text())
+    # The official structure: a leading copy of layer 0; default pairs first and last.
+    assert config["layer_indices"] == [0, 1, 3] and config["structure"] == "official"
+    assert config["distill_pairs"] == [[0, 0], [2, 3]]
+    assert len(RegionFocusModule.load(out, adapter).layers) == 3
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_planted_pickle_through_the_api_and_the_cli(tmp_path, one_thread):
     from typer.testing import CliRunner

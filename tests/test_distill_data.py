@@ -233,3 +233,22 @@ def test_trainable_parameters_are_exactly_those_the_loss_reaches(adapter):
     frozen_names = [n for n, p in rfm.named_parameters() if not p.requires_grad]
     assert frozen_names and all(n.startswith("layers.2.") for n in frozen_names)
     assert any("mlp" in n for n in frozen_names) and not any("q_proj" in n for n in frozen_names)
+
+
+def test_pooled_model_trains_on_pooled_tiles_without_newlines(tmp_path, adapter):
+    pooled = adapter.with_options(hr_pool=2, newline=False)
+    image = _image(tmp_path / "a.png", 700, 500)
+    conversations = load_conversations(
+        [_item(image, ("what color is the ship ?", "red"))], tmp_path
+    )
+    dataset = ConversationDataset(conversations, pooled.processor, 336, pooled.tokens_per_side)
+    sample = dataset[0]
+    assert sample.positions.max(axis=0).tolist() == [3 * 4 - 1, 2 * 4 - 1]  # 3 x 2 tiles of 4 x 4
+    batch = embed_batch(pooled, [sample])
+    start = sample.text.prefix_ids.shape[0]
+    n_vision = 64 + 6 * 16  # unpooled thumbnail, six 4 x 4 pooled tiles, no row ends
+    assert int(batch.vision_mask[0].sum()) == n_vision and int(batch.hr_mask[0].sum()) == 96
+    thumb = adapter.encode_tiles([sample.thumbnail])[0]
+    hr = pooled.pool_tiles(adapter.encode_tiles(list(sample.tiles))).reshape(-1, 64)
+    vision, _, _ = layout_vision_tokens(hr, sample.positions, thumb, None)
+    assert torch.allclose(batch.inputs_embeds[0, start : start + n_vision], vision, atol=1e-6)

@@ -213,6 +213,7 @@ def test_pooling_and_newlines_change_only_the_high_res_tokens():
     with_rows = ModelDims(3584, 18944, 28, hr_pool=2)
     assert count_strategy("anyres-p144", with_rows, 4000, 4000).tokens_to_llm == 21_312 + 144
     assert ModelDims.from_config(LLAVA_NEXT_QWEN2 | {"hr_pool": 2}).hr_pool == 2
+    assert ModelDims.from_config(LLAVA_NEXT_QWEN2 | {"mm_spatial_pool_stride": 2}).hr_pool == 2
 
 
 def test_every_registered_strategy_is_countable():

@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "lrsvqa"
 
 FLOORS: dict[str, int] = {
     "lrsvqa": 0,
+    "errors": 0,
     "labels": 0,
     "types": 0,
     "budgets": 0,

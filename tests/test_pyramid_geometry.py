@@ -45,9 +45,9 @@ def test_pinned_level_grids_of_both_dip_rules(rule: str, width: int, height: int
     assert [lv.grid for lv in geometry.levels] == PINNED_GRIDS[rule][(width, height)]
 
 
-def test_official_rule_ends_on_a_1008_long_side() -> None:
-    assert build_pyramid(3000, 27_328) == build_pyramid(3000, 27_328, dip_rule="paper-text")
-    coarsest = build_pyramid(3000, 27_328, dip_rule="official").levels[0]
+def test_official_rule_is_the_default_and_ends_on_a_1008_long_side() -> None:
+    assert build_pyramid(3000, 27_328) == build_pyramid(3000, 27_328, dip_rule="official")
+    coarsest = build_pyramid(3000, 27_328).levels[0]
     assert (coarsest.height, coarsest.width) == (111, 1008)
     assert coarsest.downsample == pytest.approx(27_328 / 1008)
     with pytest.raises(ValueError, match="unknown DIP rule"):

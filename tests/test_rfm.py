@@ -7,6 +7,8 @@ import torch
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import (
     CONFIG_NAME,
+    OFFICIAL_STRUCTURE,
+    SELECTED_STRUCTURE,
     RegionFocusModule,
     RFMLoadError,
     default_layer_indices,
@@ -75,13 +77,62 @@ def test_copies_are_independent_of_the_llm_but_training_free_shares():
     adapter = tiny_adapter()
     copied = RegionFocusModule.from_llm(adapter, [1, 3])
     shared = RegionFocusModule.from_llm(adapter, [1, 3], training_free=True)
-    assert shared.layers[0] is adapter.decoder_layers[1]
-    assert copied.layers[0] is not adapter.decoder_layers[1]
+    assert [shared.layers[i] for i in range(3)] == [adapter.decoder_layers[i] for i in (0, 1, 3)]
+    assert copied.layers[1] is not adapter.decoder_layers[1]
     for p_copy, p_llm in zip(
-        copied.layers[0].parameters(), adapter.decoder_layers[1].parameters(), strict=True
+        copied.layers[1].parameters(), adapter.decoder_layers[1].parameters(), strict=True
     ):
         assert torch.equal(p_copy, p_llm)
         assert p_copy.data_ptr() != p_llm.data_ptr()
+
+
+def test_official_structure_leads_with_layer_0_and_scores_like_the_llm_on_those_layers():
+    adapter = tiny_adapter()
+    adapter.model.set_attn_implementation("eager")
+    rfm = RegionFocusModule.from_llm(adapter, [1, 3], training_free=True)
+    assert rfm.rfm_config.layer_indices == [0, 1, 3]
+    assert rfm.rfm_config.structure == OFFICIAL_STRUCTURE and len(rfm.layers) == 3
+    # A selection that starts with layer 0 (the default model's 0, 2, 5) gets no second copy.
+    assert RegionFocusModule.from_llm(adapter, [0, 2]).rfm_config.layer_indices == [0, 2]
+    embeds, vision = _sequence(adapter)
+    lm = adapter.language_model
+    keep = lm.layers
+    lm.layers = torch.nn.ModuleList([keep[0], keep[1], keep[3]])
+    lm.config.num_hidden_layers = 3
+    try:
+        with torch.no_grad():
+            out = lm(inputs_embeds=embeds, output_attentions=True, use_cache=False)
+    finally:
+        lm.layers, lm.config.num_hidden_layers = keep, len(keep)
+    reference = out.attentions[2][0, :, -1, vision].mean(0)
+    assert torch.allclose(rfm.vision_scores(embeds, vision), reference, atol=1e-5)
+    selected = RegionFocusModule.from_llm(
+        adapter, [1, 3], training_free=True, structure=SELECTED_STRUCTURE
+    )
+    assert selected.rfm_config.layer_indices == [1, 3]
+    assert not torch.allclose(selected.vision_scores(embeds, vision), reference, atol=1e-5)
+
+
+def test_rfm_saved_without_a_structure_loads_as_the_selected_layers(tmp_path):
+    adapter = tiny_adapter()
+    old = RegionFocusModule.from_llm(adapter, [1, 3], structure=SELECTED_STRUCTURE)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.01)
+    old.save(tmp_path / "rfm")
+    path = tmp_path / "rfm" / CONFIG_NAME
+    config = json.loads(path.read_text())
+    del config["structure"]  # as written before the field existed
+    path.write_text(json.dumps(config))
+    loaded = RegionFocusModule.load(tmp_path / "rfm", adapter)
+    assert loaded.rfm_config.structure == SELECTED_STRUCTURE and len(loaded.layers) == 2
+    embeds, vision = _sequence(adapter, tiles=1)
+    assert torch.allclose(loaded.vision_scores(embeds, vision), old.vision_scores(embeds, vision))
+    new = RegionFocusModule.from_llm(adapter, [1, 3])
+    new.save(tmp_path / "new")
+    reloaded = RegionFocusModule.load(tmp_path / "new", adapter)
+    assert reloaded.rfm_config.layer_indices == [0, 1, 3] and len(reloaded.layers) == 3
+    assert json.loads((tmp_path / "new" / CONFIG_NAME).read_text())["structure"] == "official"
 
 
 def test_layer_indices_are_validated():
@@ -131,8 +182,11 @@ def test_adapter_loads_saved_checkpoint_in_requested_dtype(tmp_path):
     tokens = adapter.encode_tiles([random_image(336, 336)])
     assert tokens.shape == (1, adapter.tokens_per_tile, adapter.hidden_size)
     assert tokens.dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="cannot load a LLaVA model from"):
+    with pytest.raises(ValueError, match="missing: no such folder"):
         LlavaAdapter.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty: cannot load a LLaVA model"):
+        LlavaAdapter.from_pretrained(tmp_path / "empty")
 
 
 def test_encode_tiles_matches_hf_image_features():

@@ -42,13 +42,13 @@ def test_token_head_loss_is_cross_entropy_over_labelled_tokens_only() -> None:
     heads = TokenHeads(adapter.hidden_size, {"colour": 2})
     examples = [_example(RED), _example(BLUE, labelled=False), _example(BLUE)]
     encoded = encode_batch(adapter, examples)
-    loss = heads.loss(encoded, examples)
+    loss = heads.loss(adapter, encoded, examples)
     # Independent computation: tiles are images 1, 3 and 5; the second has no labels.
     tokens = torch.cat([encoded[1][8:], encoded[5][8:]])
     target = torch.tensor([0] * 56 + [1] * 56)
     expected = torch.nn.functional.cross_entropy(heads.heads["colour"](tokens), target)
     torch.testing.assert_close(loss, expected)
-    assert heads.loss(encoded[:4], examples[1:2]).item() == 0.0
+    assert heads.loss(adapter, encoded[:4], examples[1:2]).item() == 0.0
 
 
 def test_vision_steps_train_the_vision_path_and_leave_the_llm_alone() -> None:
@@ -184,3 +184,18 @@ def test_grounding_loss_trains_attention_onto_the_target() -> None:
     after = share(held_out)
     # 4 of about 90 kept tokens are the target: uniform attention gives them ~5%.
     assert before < 0.1 and after > 3 * before
+
+
+def test_pooled_model_fine_tunes_on_pooled_tiles() -> None:
+    adapter = tiny_adapter().with_options(hr_pool=2)
+    tiles = [np.full((336, 336, 3), RED, dtype=np.uint8)] * 2
+    visual = VisualInput(tiles[0] // 2, tiles, [(0, 0), (0, 1)], keep=np.ones(32, dtype=bool))
+    example = SFTExample(visual, "what color is the ship ?", "red")
+    batch = embed_batch(adapter, [example])
+    # Unpooled thumbnail, two 4 x 4 pooled tiles side by side: 4 rows, each closed by a newline.
+    assert len(batch.tile_positions[0]) == 32
+    vision = batch.tile_positions[0]
+    assert int(vision[-1] - vision[0]) + 1 == 32 + 3
+    heads = TokenHeads(adapter.hidden_size, {"colour": 2})
+    visual.token_labels = {"colour": np.zeros(32, dtype=np.int64)}
+    assert torch.isfinite(heads.loss(adapter, encode_batch(adapter, [example]), [example]))

@@ -173,7 +173,11 @@ def test_a_registered_strategy_is_evaluated_counted_and_listed(tmp_path):
     assert bad.exit_code != 0 and "'tokens' expects an integer" in bad.output
 
     listing = runner.invoke(app, ["strategies", "--format", "json"])
-    assert "test-echo" in {row["name"] for row in json.loads(listing.output)}
+    echo = {row["name"]: row for row in json.loads(listing.output)}["test-echo"]
+    assert [(o["name"], o["type"], o["default"]) for o in echo["options"]] == [
+        ("tokens", "int", 7),
+        ("word", "str", "yes"),
+    ]
 
 
 def test_no_model_path_is_a_one_line_error():

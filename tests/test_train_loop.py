@@ -209,3 +209,23 @@ def test_sft_cli_trains_on_conversations_and_resumes_to_the_same_model(tmp_path)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert LlavaAdapter.from_pretrained(tmp_path / "b" / "model").tokens_per_side > 0
+
+
+def test_sft_cli_with_pooled_tiles_saves_a_model_that_loads_pooled(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
+    from lrsvqa.models.adapter import LlavaAdapter
+    from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+    from lrsvqa.train.toy import TOY_WORDS, write_toy_dataset
+
+    model, processor = build_tiny_llava(TOY_WORDS, num_layers=2, seed=0)
+    save_tiny_llava(model, processor, tmp_path / "model")
+    data = write_toy_dataset(tmp_path / "data", 2, seed=0, size_range=(300, 400))
+    args = ["sft", "--model", str(tmp_path / "model"), "--data", str(data), "--steps", "1"]
+    args += ["--batch-size", "1", "--save-every", "0", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--hr-pool", "2", "--hr-pool-mode", "average"])
+    assert result.exit_code == 0, result.output
+    trained = LlavaAdapter.from_pretrained(tmp_path / "out" / "model")
+    assert (trained.options.hr_pool, trained.options.pool_mode) == (2, "average")
+    assert trained.tokens_per_side == 4

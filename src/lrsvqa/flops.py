@@ -99,7 +99,8 @@ class ModelDims:
     def from_config(cls, config: Mapping[str, Any], rfm_layers: int = RFM_LAYERS) -> ModelDims:
         """Read the dimensions from a LLaVA config dictionary (``config.json`` contents).
 
-        ``hr_pool`` comes from the config's ``hr_pool`` key where it has one (1 if not).
+        ``hr_pool`` comes from the config's ``hr_pool`` key, or the authors'
+        ``mm_spatial_pool_stride``, where it has one (1 if not), as the model adapter reads it.
 
         Checkpoints saved by ``transformers`` omit values equal to their class
         defaults (e.g. ``hidden_size`` 4096 of a Mistral text config); those are then
@@ -123,7 +124,7 @@ class ModelDims:
             patch_size=int(vision["patch_size"]),
             image_newline=config.get("model_type", "llava_next") != "llava",
             rfm_layers=rfm_layers,
-            hr_pool=int(config.get("hr_pool", 1)),
+            hr_pool=int(config.get("hr_pool") or config.get("mm_spatial_pool_stride") or 1),
         )
 
 

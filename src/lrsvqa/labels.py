@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lrsvqa.errors import InputFileError
 from lrsvqa.types import Box
 
 Polygon = tuple[tuple[float, float], ...]
@@ -344,11 +345,33 @@ _READERS = {
 }
 
 
+class LabelFileError(InputFileError):
+    """A label file cannot be read or holds a malformed object."""
+
+
+class MissingImageError(InputFileError, FileNotFoundError):
+    """No image in the image folder matches a label file."""
+
+
 def read_labels(path: str | Path, fmt: LabelFormat) -> ImageLabels:
-    """Read one label file in the named format."""
+    """Read one label file in the named format.
+
+    Raises:
+        ValueError: Unknown format.
+        LabelFileError: Unreadable file or malformed content, naming the file (and
+            line, when the format has lines).
+    """
     if fmt not in _READERS:
         raise ValueError(f"unknown label format {fmt!r}; choose from {sorted(_READERS)}")
-    return _READERS[fmt](path)
+    try:
+        return _READERS[fmt](path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ET.ParseError) as error:
+        where, text = str(path), str(error)
+        if text.startswith(where):  # the reader named the file (and line) already
+            head, sep, problem = text[len(where) :].partition(": ")
+            if sep:
+                raise LabelFileError(where + head, problem) from None
+        raise LabelFileError(where, f"{type(error).__name__}: {text}") from None
 
 
 def guess_format(path: str | Path) -> LabelFormat:
@@ -388,7 +411,7 @@ def find_image(images_dir: str | Path, labels: ImageLabels) -> Path:
     """The image a label file describes: its stated file name, else the same stem.
 
     Raises:
-        FileNotFoundError: If no image in ``images_dir`` matches.
+        MissingImageError: If no image in ``images_dir`` matches.
     """
     images_dir = Path(images_dir)
     if labels.image_file and (images_dir / labels.image_file).is_file():
@@ -398,4 +421,4 @@ def find_image(images_dir: str | Path, labels: ImageLabels) -> Path:
             image = images_dir / f"{labels.name}{candidate}"
             if image.is_file():
                 return image
-    raise FileNotFoundError(f"no image for labels {labels.name!r} in {images_dir}")
+    raise MissingImageError(images_dir, f"no image for labels {labels.name!r}")

@@ -1,8 +1,8 @@
 """Types every floor shares: pixel boxes and the LRS-VQA question record.
 
-Nothing here imports the rest of the package, so imagery, models, strategies, the
-benchmark tools, the synthetic world and the application speak the same types
-without importing one another.
+Nothing here imports the rest of the package but :mod:`lrsvqa.errors`, so imagery,
+models, strategies, the benchmark tools, the synthetic world and the application
+speak the same types without importing one another.
 
 The LRS-VQA record is one JSON object a line, as in the official
 ``LRS_VQA_merged.jsonl``. One rule for reading and writing it, whatever made it (the
@@ -19,10 +19,13 @@ official file, ``lrsvqa make-qa``, ``lrsvqa build-bench``, the synthetic benchma
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from lrsvqa.errors import InputFileError
 
 #: ``(x0, y0, x1, y1)`` in original-image pixels, ``y`` pointing down.
 Box = tuple[float, float, float, float]
@@ -41,6 +44,14 @@ def check_lrsvqa_record(record: Any) -> None:
     missing = [key for key in LRSVQA_REQUIRED_KEYS if key not in record]
     if missing:
         raise ValueError(f"missing {missing}")
+    for key in LRSVQA_REQUIRED_KEYS:  # never read null as the text "None"
+        value = record[key]
+        if value is None:
+            raise ValueError(f"{key} is null")
+        if isinstance(value, Mapping | list | bool):
+            raise ValueError(f"{key} is a {type(value).__name__}, expected text or a number")
+        if not str(value).strip():
+            raise ValueError(f"{key} is empty")
     size = record.get("image_size")
     if size is not None and not (
         isinstance(size, list | tuple)
@@ -60,25 +71,36 @@ def check_lrsvqa_record(record: Any) -> None:
 def read_lrsvqa_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every record of an LRS-VQA JSONL file, checked (blank lines skipped).
 
+    A leading byte-order mark is accepted; lines are split on line ends only, never
+    inside a JSON string.
+
     Raises:
-        ValueError: ``PATH:LINE: reason`` for a line that is not JSON, breaks the rule
-            or repeats a ``question_id`` (answer files are keyed by it).
+        InputFileError: ``PATH:LINE: reason`` for a line that is not UTF-8 or JSON,
+            breaks the rule or repeats a ``question_id`` (answer files are keyed by it).
     """
     records, seen = [], set()
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                check_lrsvqa_record(record)
-            except (json.JSONDecodeError, ValueError) as error:
-                raise ValueError(f"{path}:{number}: {error}") from None
-            question_id = str(record["question_id"])
-            if question_id in seen:
-                raise ValueError(f"{path}:{number}: duplicate question_id {question_id!r}")
-            seen.add(question_id)
-            records.append(record)
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{number}"
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputFileError(where, f"not UTF-8 text (byte {error.start})") from None
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputFileError(where, f"not JSON ({error})") from None
+        try:
+            check_lrsvqa_record(record)
+        except ValueError as error:
+            raise InputFileError(where, str(error)) from None
+        question_id = str(record["question_id"])
+        if question_id in seen:
+            raise InputFileError(where, f"duplicate question_id {question_id!r}")
+        seen.add(question_id)
+        records.append(record)
     return records
 
 

@@ -1,15 +1,27 @@
-"""The ``lrsvqa`` command line: one sub-command per task, each a thin layer over the library."""
+"""The ``lrsvqa`` command line: one sub-command per task, each a thin layer over the library.
+
+Errors: the project's own error types (:mod:`lrsvqa.errors`: bad image, question or
+answers file, model or RFM that cannot load, bad option value, unsafe path, another
+run's answers file) print ``error: <file>: <problem>`` on one line and exit with
+status 2; anything else is a bug and keeps its traceback. ``--debug`` (or
+``LRSVQA_DEBUG=1``) shows the traceback always.
+"""
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
 from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
+from lrsvqa.errors import LrsvqaError
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES, PyramidConfig
+from lrsvqa.imagery.tiles import MAX_TILE_SIZE
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -18,9 +30,37 @@ DEFAULT_SCORING_RULE = ScoringRule(DEFAULT_RULE)
 DipRule = Enum("DipRule", {rule: rule for rule in DIP_RULES}, type=str)
 DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
+_HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
+_POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
+_NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
+
+DEBUG_ENV = "LRSVQA_DEBUG"
+#: Exit status of an error in the user's input (as for bad usage).
+INPUT_ERROR_STATUS = 2
+
+
+def _debugging(ctx: typer.Context) -> bool:
+    """Whether ``--debug`` or ``LRSVQA_DEBUG`` asks for tracebacks."""
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return flag or bool(ctx.meta.get("lrsvqa.debug"))
+
+
+class _ErrorBoundary(TyperGroup):
+    """The one place where the project's errors become ``error: <file>: <problem>``."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LrsvqaError as error:
+            if _debugging(ctx):
+                raise
+            typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+            raise typer.Exit(INPUT_ERROR_STATUS) from error
+
 
 app = typer.Typer(
     name="lrsvqa",
+    cls=_ErrorBoundary,
     help="Answer questions about very large remote-sensing images by looking where it matters.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -28,8 +68,27 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False, "--debug", help=f"Show tracebacks of input errors too (or set {DEBUG_ENV}=1)."
+    ),
+) -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
+    ctx.meta["lrsvqa.debug"] = debug
+
+
+def _pool_mode(text: str | None) -> str | None:
+    """Check ``--hr-pool-mode`` against the adapter's modes (imported only when given)."""
+    if text is None:
+        return None
+    from lrsvqa.models.adapter import POOL_MODES
+
+    if text not in POOL_MODES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(POOL_MODES)}, got {text!r}", param_hint="--hr-pool-mode"
+        )
+    return text
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -58,6 +117,9 @@ def ask(
         PyramidConfig.min_short_side, help="DIP: bound of the coarsest level, px."
     ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
     device: str = typer.Option("cpu", help="Torch device."),
@@ -83,7 +145,16 @@ def ask(
     config = CoarseToFineConfig(
         alpha=alpha, max_tiles=max_tiles, fixed_layers=fixed_layers, max_new_tokens=max_new_tokens
     )
-    loaded = load_model(model, rfm, rfm_layers=_int_list(rfm_layers), dtype=dtype, device=device)
+    loaded = load_model(
+        model,
+        rfm,
+        rfm_layers=_int_list(rfm_layers),
+        dtype=dtype,
+        device=device,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
+    )
     result, reader = run_ask(
         loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
     )
@@ -137,12 +208,18 @@ def eval_command(
         None, help="Question file (default: LRS_VQA_merged.jsonl / MME_RealWorld_RS.json in it)."
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Answers file (default: outputs/BENCH-STRATEGY.jsonl)."
+        None,
+        "--output",
+        "-o",
+        help="Answers file (default: outputs/BENCH-MODEL-STRATEGY-OPTIONSHASH.jsonl).",
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
     rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
     device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
     dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     strategy_option: list[str] = typer.Option(
         [],
         "--strategy-option",
@@ -165,7 +242,9 @@ def eval_command(
 ) -> None:
     """Answer a benchmark with a strategy, resumably; merge shards and score.
 
-    Rerunning the same command resumes. Under torchrun or accelerate launch, each rank answers
+    Rerunning the same command resumes; a file made by another model, RFM, strategy
+    option or question file is refused (its run record, ANSWERS.run.json, differs).
+    Under torchrun or accelerate launch, each rank answers
     its shard, then rank 0 merges and scores.
 
     Example: lrsvqa eval --bench lrs-vqa --data-root data --model ./llava --strategy c2f
@@ -174,6 +253,7 @@ def eval_command(
 
     from lrsvqa.bench.datasets import BENCHMARKS
     from lrsvqa.bench.reports import print_report, report_paths
+    from lrsvqa.bench.run_record import default_output
     from lrsvqa.bench.runner import EvalConfig, evaluate
     from lrsvqa.strategies.registry import strategy_entry
 
@@ -184,6 +264,8 @@ def eval_command(
     # The one place CLI flags are mapped to option names.
     options: dict[str, object] = {"model_path": model, "rfm_path": rfm}
     options |= {"device": device, "dtype": dtype}
+    options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
+    options |= {"newline": False if no_newline else None}
     options = {key: value for key, value in options.items() if value is not None}
     options |= _key_values(strategy_option, "--strategy-option")
     try:
@@ -196,7 +278,7 @@ def eval_command(
         bench=bench,
         questions=questions or data_root / BENCHMARKS[bench],
         data_root=data_root,
-        output=output or Path("outputs") / f"{bench}-{strategy}.jsonl",
+        output=output or default_output(bench, strategy, options),
         strategy=strategy,
         strategy_options=options,
         subsets=subset or None,
@@ -231,7 +313,7 @@ def eval_command(
 
 @app.command()
 def score(
-    answers: Path = typer.Argument(..., exists=True, dir_okay=False, help="Answers file."),
+    answers: Path = typer.Argument(..., help="Answers file."),
     questions: Path | None = typer.Option(
         None, help="Question file to join by question_id (.jsonl LRS-VQA, .json MME-RealWorld)."
     ),
@@ -245,19 +327,23 @@ def score(
     """Score an answers file from lrsvqa or any tool writing question_id + text.
 
     JSON Lines (or a JSON list) with question_id and the prediction in answer / text /
-    output; ground_truth and category in the records or from --questions.
+    output; ground_truth and category in the records or from --questions. Answers to
+    questions not in --questions, and repeated ids (first answer scored), are reported.
 
     Example: lrsvqa score outputs/lrs-vqa-c2f.jsonl --markdown report.md
     """
     from lrsvqa.bench.answers import read_any_answers
     from lrsvqa.bench.datasets import load_benchmark
     from lrsvqa.bench.reports import print_report, score_answers, write_report
+    from lrsvqa.bench.run_record import read_run_record
 
+    records = read_any_answers(answers)
     items = None
     if questions is not None:
         bench = "mme-rs" if questions.suffix.lower() == ".json" else "lrs-vqa"
         items = load_benchmark(bench, questions)
-    report = score_answers(read_any_answers(answers), items, rule=rule.value)
+    run = read_run_record(answers)
+    report = score_answers(records, items, rule=rule.value, run=run, source=answers)
     print_report(report)
     write_report(report, json_path, markdown)
 
@@ -416,6 +502,8 @@ def build_bench(
     )
     try:
         reports = build_benchmark(config, chosen)
+    except LrsvqaError:
+        raise
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     console = Console()
@@ -430,7 +518,10 @@ def pyramid(
     ),
     overlay: Path | None = typer.Option(None, help="Write a PNG of each level's tile grid."),
     tile_size: int = typer.Option(
-        PyramidConfig.tile_size, min=1, help="Tile side B (336 for CLIP-L/14-336)."
+        PyramidConfig.tile_size,
+        min=1,
+        max=MAX_TILE_SIZE,
+        help="Tile side B (336 for CLIP-L/14-336).",
     ),
     min_short_side: int = typer.Option(
         PyramidConfig.min_short_side, min=1, help="Bound of the coarsest level, px."
@@ -448,23 +539,18 @@ def pyramid(
     from rich.console import Console
 
     from lrsvqa.imagery.display import georef_lines, pyramid_table, save_grid_overlay
-    from lrsvqa.imagery.errors import ImageReadError
     from lrsvqa.imagery.reader import DEFAULT_MAX_PIXELS
     from lrsvqa.imagery.tiles import PyramidReader
 
     console = Console()
-    try:
-        reader = PyramidReader.open(
-            image,
-            tile_size=tile_size,
-            min_short_side=min_short_side,
-            dip_rule=dip_rule.value,
-            bands=_int_list(bands),
-            max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
-        )
-    except ImageReadError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
+    reader = PyramidReader.open(
+        image,
+        tile_size=tile_size,
+        min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        bands=_int_list(bands),
+        max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
+    )
     with reader:
         console.print(pyramid_table(reader))
         for line in georef_lines(reader.image):
@@ -565,7 +651,9 @@ def distill(
     image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
     rfm_layers: str | None = typer.Option(None, help="LLM layers the RFM starts from: 1,5,11,14."),
     pairs: str | None = typer.Option(
-        None, help="Distilled RFM:LLM layer pairs, e.g. 0:1,3:14 (default: first and last)."
+        None,
+        help="Distilled RFM:LLM layer pairs, e.g. 0:0,4:14 (RFM layer 0 is the leading copy "
+        "of LLM layer 0; default: first and last).",
     ),
     steps: int = typer.Option(1000, min=1, help="Optimizer steps of the whole schedule."),
     stop_after: int | None = typer.Option(
@@ -581,8 +669,12 @@ def distill(
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
     dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
     min_short_side: int = typer.Option(
-        PyramidConfig.min_short_side, min=1, help="DIP: halve until short side <= this."
+        PyramidConfig.min_short_side, min=1, help="DIP: bound of the coarsest level, px."
     ),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
@@ -598,7 +690,7 @@ def distill(
     distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
 
     Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
-    --rfm-layers 1,5,11,14 --pairs 0:1,3:14 --steps 2000 --grad-accum 8 --bf16
+    --rfm-layers 1,5,11,14 --pairs 0:0,4:14 --steps 2000 --grad-accum 8 --bf16
     """
     import json
 
@@ -628,6 +720,10 @@ def distill(
         cpu=cpu,
         model_dtype=dtype,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
         seed=seed,
         num_workers=num_workers,
         log_every=log_every,
@@ -659,7 +755,11 @@ def sft(
     log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
     dtype: str = typer.Option("float32", help="Dtype of the model."),
-    min_short_side: int = typer.Option(1008, min=1, help="DIP: halve until short side <= this."),
+    min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
+    dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
+    hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
+    hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
+    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     seed: int = typer.Option(0, help="Seed of data order and randomness."),
 ) -> None:
     """Fine-tune a LLaVA model on LLaVA-format conversations (the loop distill uses).
@@ -690,6 +790,10 @@ def sft(
         config,
         image_root=image_root,
         min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        hr_pool=hr_pool,
+        pool_mode=_pool_mode(hr_pool_mode),
+        newline=False if no_newline else None,
         seed=seed,
         stop_after=stop_after,
         resume=resume,

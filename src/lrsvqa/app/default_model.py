@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from lrsvqa.bench.templates import display_name, generate_questions, plural
+from lrsvqa.imagery.pyramid import PAPER_TEXT_DIP_RULE
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
@@ -38,6 +39,9 @@ from lrsvqa.train.sft import SFTConfig, train_sft
 READY_NAME = "READY.json"
 MODEL_DIRNAME = "model"
 RFM_DIRNAME = "rfm"
+# The DIP levels the recipe trains on (SFT examples and distillation): the rule in force
+# when the recipe was fixed. Not a config field, so the recipe's hashes stay valid.
+RECIPE_DIP_RULE = PAPER_TEXT_DIP_RULE
 SFT_CHECKPOINTS_DIRNAME = "sft_checkpoints"
 SFT_SAVE_EVERY = 200  # steps between SFT checkpoints; a stopped build resumes at the last
 
@@ -201,7 +205,7 @@ def _load_split(manifest: dict[str, Any], split_dir: Path, config: DefaultModelC
             LabeledObject.from_dict(o)
             for o in json.loads((split_dir / entry["labels"]).read_text())
         ]
-        reader = PyramidReader.open(split_dir / entry["image"])
+        reader = PyramidReader.open(split_dir / entry["image"], dip_rule=RECIPE_DIP_RULE)
         scenes.append((reader, objects))
         for variant in range(config.questions_per_scene):
             qs = generate_questions(
@@ -366,6 +370,7 @@ def _distill_default(
             pairs=[tuple(pair) for pair in config.distill_pairs],
             steps=config.distill_steps,
             lr=config.distill_lr,
+            dip_rule=RECIPE_DIP_RULE,
             save_every=0,
             eval_size=32,
             seed=config.seed,

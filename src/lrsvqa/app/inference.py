@@ -31,6 +31,9 @@ def load_model(
     rfm_layers: list[int] | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    hr_pool: int | None = None,
+    pool_mode: str | None = None,
+    newline: bool | None = None,
 ) -> LoadedModel:
     """Load a LLaVA checkpoint and a trained RFM, or the training-free RFM when none is given.
 
@@ -42,10 +45,15 @@ def load_model(
         rfm_layers: LLM layers for the training-free RFM (default: scaled (1, 5, 11, 14)).
         dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
         device: Torch device.
+        hr_pool: Pooling stride of the high-resolution tiles (None: the checkpoint's).
+        pool_mode: How they are pooled (None: the checkpoint's).
+        newline: False feeds no row-end tokens (None: the model's own).
     """
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
-    adapter = shared_adapter(model, dtype, device)
+    adapter = shared_adapter(
+        model, dtype, device, hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+    )
     return LoadedModel(adapter, shared_rfm(adapter, rfm, rfm_layers), training_free=rfm is None)
 
 

@@ -22,32 +22,37 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from lrsvqa.errors import InputFileError
 
-class AnswerFileError(RuntimeError):
+
+class AnswerFileError(InputFileError):
     """An answer file is corrupt, locked by another run, or its shards are incomplete."""
 
 
-def load_answers(path: Path) -> tuple[list[dict[str, Any]], int]:
+def load_answers(path: Path, *, finished: bool = False) -> tuple[list[dict[str, Any]], int]:
     """Records of an answer file and the byte length of its complete lines.
 
-    A trailing fragment without a newline (a torn write) is ignored; it is the only
-    damage a crash can do, so any other unreadable line is an error.
+    For the project's own logs (``finished=False``) a trailing fragment without a
+    newline is a torn write, the only damage a crash can do, and is ignored. A
+    finished file from anywhere (``finished=True``, what ``lrsvqa score`` reads) may
+    simply lack its final newline: its last line counts like the others.
 
     Raises:
-        AnswerFileError: A complete line is not a JSON object with a ``question_id``.
+        AnswerFileError: A line is not a JSON object with a non-null ``question_id``;
+            the message gives ``file:line``.
     """
     data = path.read_bytes() if path.exists() else b""
-    end = data.rfind(b"\n") + 1
+    end = len(data) if finished else data.rfind(b"\n") + 1
     records = []
     for number, line in enumerate(data[:end].splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnswerFileError(f"{path}:{number}: not a JSON line ({exc})") from exc
-        if not isinstance(record, dict) or "question_id" not in record:
-            raise AnswerFileError(f"{path}:{number}: no question_id")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AnswerFileError(f"{path}:{number}", f"not a JSON line ({exc})") from None
+        if not isinstance(record, dict) or record.get("question_id") is None:
+            raise AnswerFileError(f"{path}:{number}", "no question_id")
         records.append(record)
     return records, end
 
@@ -58,26 +63,34 @@ def read_answers(path: Path) -> list[dict[str, Any]]:
 
 
 def read_any_answers(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON Lines answer file or of a JSON list (MME-RealWorld's format).
+    """Every record of a finished JSON Lines answer file or of a JSON list (MME-RealWorld).
 
-    In a JSON list, ``Question_id`` is accepted for ``question_id``.
+    Duplicates are kept (the scorer reports them); in a JSON list, ``Question_id`` is
+    accepted for ``question_id``.
 
     Raises:
-        AnswerFileError: A JSON list entry without an id, or a corrupt JSONL line.
+        AnswerFileError: Missing file, a corrupt JSONL line, or a bad JSON list entry.
     """
     path = Path(path)
+    if not path.is_file():
+        raise AnswerFileError(path, "no such file" if not path.exists() else "not a file")
     if path.suffix.lower() != ".json":
-        return read_answers(path)
-    rows = json.loads(path.read_text(encoding="utf-8"))
+        return load_answers(path, finished=True)[0]
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnswerFileError(path, f"not a JSON file ({exc})") from None
     if not isinstance(rows, list):
-        raise AnswerFileError(f"{path}: expected a JSON list of answers")
+        raise AnswerFileError(path, "expected a JSON list of answers")
     records = []
     for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise AnswerFileError(path, f"entry {index} is not a JSON object")
         question_id = row.get("question_id", row.get("Question_id"))
         if question_id is None:
-            raise AnswerFileError(f"{path}: entry {index} has no question_id")
+            raise AnswerFileError(path, f"entry {index} has no question_id")
         records.append({**row, "question_id": question_id})
-    return unique_records(records)
+    return records
 
 
 def unique_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -151,7 +164,7 @@ class AnswerLog:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             handle.close()
-            raise AnswerFileError(f"{self.path} is being written by another run") from exc
+            raise AnswerFileError(self.path, "is being written by another run") from exc
         return handle
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -219,14 +232,14 @@ def find_shards(output: Path) -> list[Path]:
             found.setdefault(world, {})[rank] = candidate
     if not found:
         expected = f"{output.stem}.rankR-of-N{output.suffix}"
-        raise AnswerFileError(f"no shard files {expected} in {output.parent}")
+        raise AnswerFileError(output, f"no shard files {expected} in {output.parent}")
     if len(found) > 1:
         sizes = ", ".join(str(size) for size in sorted(found))
-        raise AnswerFileError(f"shards of several world sizes ({sizes}) for {output}")
+        raise AnswerFileError(output, f"shards of several world sizes ({sizes})")
     world, ranks = next(iter(found.items()))
     missing = sorted(set(range(world)) - set(ranks))
     if missing:
-        raise AnswerFileError(f"missing shard ranks {missing} of {world} for {output}")
+        raise AnswerFileError(output, f"missing shard ranks {missing} of {world}")
     return [ranks[rank] for rank in range(world)]
 
 
@@ -235,11 +248,15 @@ def merge_answer_files(shards: Sequence[Path], output: Path) -> int:
 
     Shards hold contiguous slices of the question list, so rank order is the
     question order of a single-process run. A ``question_id`` seen twice keeps its
-    first record.
+    first record. The shards' run record goes with them (shards of different runs are
+    refused, :func:`lrsvqa.bench.run_record.merge_run_records`).
 
     Returns:
         Number of records written.
     """
+    from lrsvqa.bench.run_record import merge_run_records
+
     records = unique_records(record for shard in shards for record in load_answers(shard)[0])
     write_answers_atomic(output, records)
+    merge_run_records(shards, output)
     return len(records)

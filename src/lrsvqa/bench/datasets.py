@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from lrsvqa.errors import InputFileError, UnsafePathError
 from lrsvqa.types import Box, read_lrsvqa_jsonl
 
 MME_RS_SUBSET = "MME-RealWorld-RS"
@@ -102,20 +103,38 @@ def load_benchmark(
         prompt: Multiple-choice prompt preset or template (``mme-rs`` only).
 
     Raises:
-        ValueError: Unknown benchmark or unreadable file.
+        ValueError: Unknown benchmark.
+        QuestionFileError: Missing or unreadable file, a bad item, or no questions
+            (in the file, or in the chosen subsets).
     """
+    if bench not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}")
+    questions = Path(questions)
+    if not questions.is_file():
+        problem = "no such file" if not questions.exists() else "not a file"
+        raise QuestionFileError(questions, problem)
     if bench == "lrs-vqa":
         items = load_lrs_vqa(questions)
-    elif bench == "mme-rs":
-        items = load_mme_realworld(questions, prompt)
     else:
-        raise ValueError(f"unknown benchmark {bench!r}; known: {', '.join(BENCHMARKS)}")
+        items = load_mme_realworld(questions, prompt)
+    if not items:
+        raise QuestionFileError(questions, "no questions in the file")
     if subsets is not None:
+        found = sorted({item.subset for item in items})
         items = [item for item in items if item.subset in subsets]
+        if not items:
+            raise QuestionFileError(
+                questions,
+                f"no questions of subsets {', '.join(sorted(subsets))} (it has {', '.join(found)})",
+            )
     return items
 
 
-class UnsafeImagePathError(ValueError):
+class QuestionFileError(InputFileError):
+    """A question file is missing, unreadable, empty, or holds a bad item."""
+
+
+class UnsafeImagePathError(UnsafePathError):
     """An image path in a question file points outside the data root."""
 
 
@@ -132,9 +151,9 @@ def resolve_image(root: Path, relative: str) -> Path:
     posix = PurePosixPath(relative)
     windows = PureWindowsPath(relative)
     if not relative or posix.is_absolute() or windows.is_absolute() or windows.drive:
-        raise UnsafeImagePathError(f"image path {relative!r} is not relative to the data root")
+        raise UnsafeImagePathError(relative, "image path is not relative to the data root")
     if ".." in posix.parts or ".." in windows.parts:
-        raise UnsafeImagePathError(f"image path {relative!r} escapes the data root")
+        raise UnsafeImagePathError(relative, "image path escapes the data root")
     return Path(root) / posix
 
 
@@ -151,14 +170,19 @@ def load_lrs_vqa(path: Path) -> list[BenchItem]:
     question generators.
 
     Raises:
-        ValueError: A line is not valid JSON, breaks the rule, or repeats a
+        QuestionFileError: ``file:line`` for a line that is not UTF-8 or JSON, breaks
+            the rule (a required field missing, null or empty), or repeats a
             ``question_id`` (answer files are keyed by id, so ids must be unique).
     """
-    return [_lrs_item(row) for row in read_lrsvqa_jsonl(path)]
+    try:
+        rows = read_lrsvqa_jsonl(path)
+    except InputFileError as error:
+        raise QuestionFileError(error.path, error.problem) from None
+    return [_lrs_item(row) for row in rows]
 
 
 def _lrs_item(row: Mapping[str, Any]) -> BenchItem:
-    """Build one LRS-VQA item from its JSON object."""
+    """Build one LRS-VQA item from its checked JSON object."""
     question_id = str(row["question_id"])
     return BenchItem(
         question_id=question_id,
@@ -222,18 +246,21 @@ def load_mme_realworld(path: Path, prompt: str = "official") -> list[BenchItem]:
         ValueError: Unreadable item, unknown prompt, or duplicate ids.
     """
     template = mme_prompt_template(prompt)
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuestionFileError(path, f"not a JSON file ({exc})") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of questions")
+        raise QuestionFileError(path, "expected a JSON list of questions")
     items: list[BenchItem] = []
     seen: set[str] = set()
     for index, row in enumerate(rows):
         try:
             item = _mme_item(row, index, template)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: item {index}: bad MME-RealWorld item ({exc})") from exc
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise QuestionFileError(path, f"item {index}: bad MME-RealWorld item ({exc})") from None
         if item.question_id in seen:
-            raise ValueError(f"{path}: item {index}: duplicate id {item.question_id!r}")
+            raise QuestionFileError(path, f"item {index}: duplicate id {item.question_id!r}")
         seen.add(item.question_id)
         items.append(item)
     return items
@@ -298,9 +325,14 @@ _MISSING = object()
 
 
 def _field(fields: Mapping[str, Any], name: str, default: Any = _MISSING) -> Any:
-    """First present spelling of ``name``; ``default`` (or ``KeyError``) otherwise."""
+    """First present spelling of ``name``; ``default`` (or ``KeyError``) otherwise.
+
+    A present but null field is refused rather than read as absent or as "None".
+    """
     for spelling in _MME_KEYS[name]:
         if spelling in fields:
+            if fields[spelling] is None:
+                raise ValueError(f"{name} is null")
             return fields[spelling]
     if default is _MISSING:
         raise KeyError(f"no {name} field (accepted: {', '.join(_MME_KEYS[name])})")

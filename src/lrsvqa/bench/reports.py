@@ -33,6 +33,7 @@ from rich.table import Table
 
 from lrsvqa.bench.datasets import BenchItem
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES, ScoredItem, score_record
+from lrsvqa.errors import InputFileError
 
 ALL = "all"
 COST_FIELDS = (
@@ -128,6 +129,9 @@ class Report:
         rule: The open-ended scoring rule of the per-category numbers.
         errors: Errored items over all subsets.
         missing: Questions of the question file with no answer in the answer file.
+        extra: Ids answered but not in the question file (not scored).
+        duplicates: Ids answered more than once (the first answer is scored).
+        run: The run record of the answers (:mod:`lrsvqa.bench.run_record`), if any.
     """
 
     groups: dict[str, GroupReport]
@@ -136,6 +140,9 @@ class Report:
     rule: str = DEFAULT_RULE
     errors: int = 0
     missing: int = 0
+    extra: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    run: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -173,9 +180,12 @@ class Report:
             "rule": self.rule,
             "errors": self.errors,
             "missing": self.missing,
+            "extra_ids": self.extra,
+            "duplicate_ids": self.duplicates,
             "groups": groups,
             "localisation_recall": localisation,
             "cost": self.cost,
+            "run": self.run,
         }
 
 
@@ -217,26 +227,51 @@ def score_answers(
     items: Iterable[BenchItem] | None = None,
     *,
     rule: str = DEFAULT_RULE,
+    run: Mapping[str, Any] | None = None,
+    source: Path | None = None,
 ) -> Report:
-    """Score answer records (one per question) into a report.
+    """Score answer records into a report, saying which were extra or repeated.
 
     Args:
         records: Answer-file records (see :func:`lrsvqa.bench.scoring.score_record`).
         items: Benchmark items to join by ``question_id``; when given, records of other
-            questions are ignored and unanswered items are counted as ``missing``.
+            questions are reported as ``extra`` and not scored, and unanswered items
+            are counted as ``missing``.
         rule: Open-ended rule of the per-category numbers (OA/AA come under every rule).
+        run: The answers' run record, carried into the report.
+        source: The answers file, named in errors.
+
+    Raises:
+        InputFileError: A record cannot be scored (no prediction or ground truth).
     """
     by_id = None if items is None else {item.question_id: item for item in items}
     scored: list[ScoredItem] = []
     used: list[Mapping[str, Any]] = []
+    seen: set[str] = set()
+    extra: list[str] = []
+    duplicates: list[str] = []
     for record in records:
-        item = None if by_id is None else by_id.get(str(record["question_id"]))
-        if by_id is not None and item is None:
+        question_id = str(record["question_id"])
+        if question_id in seen:
+            if question_id not in duplicates:
+                duplicates.append(question_id)
             continue
-        scored.append(score_record(record, item, rule=rule))
+        seen.add(question_id)
+        item = None if by_id is None else by_id.get(question_id)
+        if by_id is not None and item is None:
+            extra.append(question_id)
+            continue
+        try:
+            scored.append(score_record(record, item, rule=rule))
+        except (KeyError, TypeError, ValueError) as error:
+            where = source or "answers"
+            raise InputFileError(where, f"question_id {question_id!r}: {error}") from None
         used.append(record)
     missing = 0 if by_id is None else len(by_id) - len(scored)
-    return build_report(scored, used, rule=rule, missing=missing)
+    report = build_report(scored, used, rule=rule, missing=missing)
+    report.extra, report.duplicates = extra, duplicates
+    report.run = dict(run) if run is not None else None
+    return report
 
 
 def report_paths(answers: Path) -> tuple[Path, Path]:
@@ -300,7 +335,24 @@ def _footer(report: Report) -> list[str]:
         lines.append("mean cost: " + ", ".join(f"{k}={v:.4g}" for k, v in report.cost.items()))
     if report.missing:
         lines.append(f"unanswered questions: {report.missing}")
+    if report.extra:
+        lines.append(
+            f"answers to questions not in the question file (not scored): "
+            f"{len(report.extra)} ({_examples(report.extra)})"
+        )
+    if report.duplicates:
+        lines.append(
+            f"question ids answered more than once (first answer scored): "
+            f"{len(report.duplicates)} ({_examples(report.duplicates)})"
+        )
+    if report.run and report.run.get("model"):
+        lines.append(f"model: {report.run['model'].get('path')}")
     return lines
+
+
+def _examples(ids: list[str], shown: int = 5) -> str:
+    """The first few ids, for a one-line note."""
+    return ", ".join(ids[:shown]) + (", ..." if len(ids) > shown else "")
 
 
 def report_to_markdown(report: Report) -> str:

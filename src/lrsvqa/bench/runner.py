@@ -45,12 +45,18 @@ from rich.progress import (
 
 from lrsvqa.bench.answers import (
     AnswerLog,
+    load_answers,
     merge_answer_files,
     read_answers,
     shard_path,
 )
 from lrsvqa.bench.datasets import BenchItem, load_benchmark, resolve_image
 from lrsvqa.bench.reports import Report, report_paths, score_answers, write_report
+from lrsvqa.bench.run_record import (
+    check_resume,
+    make_run_record,
+    write_run_record,
+)
 from lrsvqa.bench.scoring import DEFAULT_RULE
 from lrsvqa.strategies.base import Strategy, StrategyResult
 from lrsvqa.strategies.registry import build_strategy
@@ -107,6 +113,7 @@ def run_items(
     progress: bool = True,
     retry_errors: bool = False,
     label: str = "",
+    record: Mapping[str, Any] | None = None,
 ) -> RunSummary:
     """Answer every item not yet in ``output``, appending one record per item.
 
@@ -118,8 +125,17 @@ def run_items(
         progress: Show a progress bar with ETA.
         retry_errors: Remove errored records first, so those items are tried again.
         label: Prefix of the progress description (e.g. the rank).
+        record: Run record (:mod:`lrsvqa.bench.run_record`): resume only a file this
+            run made, and keep the record beside it.
+
+    Raises:
+        RunMismatchError: ``output`` holds answers of another run.
     """
+    if record is not None:
+        check_resume(output, record, has_answers=bool(load_answers(Path(output))[0]))
     with AnswerLog(output, drop_errors=retry_errors) as log:
+        if record is not None:
+            write_run_record(output, record)
         todo = [item for item in items if item.question_id not in log.done]
         columns = (
             TextColumn("{task.description}"),
@@ -320,7 +336,12 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
     shard and ``lrsvqa merge`` combines them later. With ``device="cuda"`` a launched
     rank uses ``cuda:LOCAL_RANK``.
 
+    Every answers file gets a run record beside it, and a rerun resumes it only when
+    the record matches (:mod:`lrsvqa.bench.run_record`); the report carries it.
+
     Raises:
+        QuestionFileError: Missing, bad or empty question file; before any model work.
+        RunMismatchError: The output holds answers of another run.
         lrsvqa.bench.wordnet.WordNetUnavailableError: Scoring open-ended answers
             without WordNet; checked before any model work.
     """
@@ -345,6 +366,15 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
         options["device"] = f"cuda:{local_rank}"
     sharded = world_size > 1
     output = shard_path(config.output, rank, world_size) if sharded else config.output
+    record = make_run_record(
+        bench=config.bench,
+        questions=config.questions,
+        prompt=config.prompt,
+        strategy=config.strategy,
+        options=config.strategy_options,
+        rule=config.rule,
+    )
+    check_resume(output, record, has_answers=bool(load_answers(Path(output))[0]))
     with _process_group(launched) as barrier:
         strategy = build_strategy(config.strategy, **options)
         run = run_items(
@@ -355,6 +385,7 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
             progress=config.progress,
             retry_errors=config.retry_errors,
             label=f"rank {rank}/{world_size}" if sharded else "",
+            record=record,
         )
         barrier()
     if sharded and not (launched and rank == 0):
@@ -364,6 +395,6 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
         merge_answer_files(shards, config.output)
     report = None
     if config.score:
-        report = score_answers(read_answers(config.output), items, rule=config.rule)
+        report = score_answers(read_answers(config.output), items, rule=config.rule, run=record)
         write_report(report, *report_paths(config.output))
     return EvalOutcome(run=run, answers=Path(config.output), report=report)

@@ -21,6 +21,8 @@ from typing import IO, Any
 import nltk.data
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
+from lrsvqa.errors import InputFileError
+
 WORDNET_DIR_ENV = "LRSVQA_WORDNET_DIR"
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 
@@ -41,7 +43,7 @@ _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 _REQUIRED_FILES = ("data.noun", "index.noun", "data.adj", "index.adj", "data.verb", "index.verb")
 
 
-class WordNetUnavailableError(RuntimeError):
+class WordNetUnavailableError(InputFileError):
     """The WordNet database cannot be found or read."""
 
 
@@ -87,10 +89,11 @@ def find_wordnet_dir() -> Path:
     if missing:
         source = f"${WORDNET_DIR_ENV}={configured}" if configured else str(directory)
         raise WordNetUnavailableError(
-            f"WordNet 3.0 database not found in {source} (missing {', '.join(missing)}). "
+            source,
+            f"WordNet 3.0 database not found (missing {', '.join(missing)}). "
             "Install Debian's package: `apt-get install wordnet-base` (`make install` "
             f"does it), or set {WORDNET_DIR_ENV} to a directory with the WordNet 3.0 "
-            "database files."
+            "database files.",
         )
     return directory
 
@@ -113,7 +116,7 @@ def load_wordnet(directory: Path) -> WordNetCorpusReader:
             warnings.simplefilter("ignore", UserWarning)
             return _WordNet30Reader(root, None)
     except (OSError, ValueError, LookupError) as exc:
-        raise WordNetUnavailableError(f"cannot read WordNet in {root}: {exc}") from exc
+        raise WordNetUnavailableError(root, f"cannot read WordNet ({exc})") from exc
 
 
 @functools.cache

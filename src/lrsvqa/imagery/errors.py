@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from os import PathLike
+from lrsvqa.errors import InputFileError
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputFileError):
     """An image file cannot be used; the message names the file and the problem.
 
-    A ``ValueError`` so callers that validate inputs generically still catch it, while
-    the eval runner can report the offending file without a traceback.
-
-    Attributes:
-        path: The file that failed.
-        problem: What is wrong with it, in words.
+    One of the project's input errors (:mod:`lrsvqa.errors`), so the CLI reports it in
+    one line and the eval runner records the offending file without a traceback.
     """
-
-    def __init__(self, path: str | PathLike[str], problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")

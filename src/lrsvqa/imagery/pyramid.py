@@ -29,9 +29,7 @@ DEFAULT_MIN_SHORT_SIDE = 1008
 OFFICIAL_DIP_RULE = "official"
 PAPER_TEXT_DIP_RULE = "paper-text"
 DIP_RULES = (OFFICIAL_DIP_RULE, PAPER_TEXT_DIP_RULE)
-# Still the paper's text: the synthetic world sizes its sites and the default model's
-# sampler labels tokens for these levels; switching to "official" needs both reworked.
-DEFAULT_DIP_RULE = PAPER_TEXT_DIP_RULE
+DEFAULT_DIP_RULE = OFFICIAL_DIP_RULE
 _EDGE_EPS = 1e-6
 
 
@@ -287,12 +285,12 @@ def level_sizes(
     Two rules, which agree on square images (2,016 px -> 2 levels, the paper's
     "3-layer DIP supporting up to 2,016 x 2,016 pixels"; 4,000 px -> 3 levels):
 
-    * ``"official"`` (the authors' code, ``pyramid_crop`` in
+    * ``"official"`` (default; the authors' code, ``pyramid_crop`` in
       ``llava/mm_utils.py``, which produced the paper's results): scales 1, 1/2,
       1/4, ... while the *long* side stays at least ``min_short_side``, plus a last
       level whose long side is exactly ``min_short_side``. This bounds the coarsest
       level of long strips (27,328 x 3,000: 3 tiles).
-    * ``"paper-text"`` (default for now; the paper's sentence): halve while the *shorter* side is
+    * ``"paper-text"`` (the paper's sentence): halve while the *shorter* side is
       longer than ``min_short_side``, so the coarsest short side lies in
       ``(min/2, min]``; a 27,328 x 3,000 strip keeps 63 tiles at its coarsest.
     """

@@ -21,7 +21,11 @@ Decompression-bomb protection: :func:`open_image` refuses images with more than
 :data:`DEFAULT_MAX_PIXELS` (2**30, about 32,768 x 32,768), taken from the
 ``LRSVQA_MAX_PIXELS`` environment variable when set at import time. Pass
 ``max_pixels=None``, or set ``LRSVQA_MAX_PIXELS=0`` (or ``none``), to switch the
-check off.
+check off. PNG and JPEG are decoded whole, so for them the limit is also capped at
+:data:`WHOLE_DECODE_MAX_PIXELS`, Pillow's own bomb threshold (about 179 Mpx, some
+540 MB of RGB): a 1 MB PNG claiming 20,000 x 20,000 px is refused, not decoded into
+4 GB. The same switch turns that cap off. :meth:`LargeImage.read_region` refuses
+outputs larger than :data:`MAX_REGION_PIXELS`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import tifffile
 import zarr
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
 
+from lrsvqa.errors import OptionError
 from lrsvqa.imagery import gdal
 from lrsvqa.imagery.errors import ImageReadError
 from lrsvqa.imagery.georef import GeoReference, rgb_from_meaning, tiff_georeference
@@ -60,6 +65,13 @@ Size = tuple[int, int]
 
 MAX_PIXELS_ENV = "LRSVQA_MAX_PIXELS"
 BUILTIN_MAX_PIXELS = 2**30
+#: Cap of the pixel limit for formats decoded whole (PNG, JPEG): the size at which
+#: Pillow's own ``Image.open`` raises ``DecompressionBombError``. The reader builds
+#: Pillow's plugin classes directly, which skips that check, so it is applied here.
+WHOLE_DECODE_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+#: Largest output of one ``read_region`` call (8192 x 8192): beyond it the output and
+#: its float intermediates take gigabytes.
+MAX_REGION_PIXELS = 2**26
 
 # A stored level up to this much coarser than asked for is still used: DIP levels
 # stretch a power-of-two level by r_p (1.008 for 27,328 px), and reading the 2x finer
@@ -251,12 +263,20 @@ class _TiffSource:
                 self._chunk_rows.append(self._rows_per_chunk(level.keyframe))
 
     def _check_complete(self, path: Path, levels: list[tifffile.TiffPageSeries]) -> None:
-        """Detect truncation up front: every tile or strip must end inside the file."""
+        """Detect truncation up front: every tile or strip is listed and ends in the file.
+
+        A page without offsets would otherwise read as all black.
+        """
         size = self._tif.filehandle.size
         for level in levels:
             for page in level.pages:
                 if page is None:
                     continue
+                counts = (len(page.dataoffsets), len(page.databytecounts))
+                if not all(counts) or counts[0] != counts[1]:
+                    raise ImageReadError(
+                        path, "truncated or corrupt file: its tile/strip offsets are missing"
+                    )
                 ends = np.asarray(page.dataoffsets, np.int64) + np.asarray(page.databytecounts)
                 if ends.size and int(ends.max()) > size:
                     raise ImageReadError(
@@ -300,6 +320,9 @@ class _TiffSource:
 
 class _PillowSource:
     """PNG and JPEG: decoded whole on first use (JPEG at a reduced DCT scale if enough)."""
+
+    #: Formats decoded whole get the pixel limit capped (see the module docstring).
+    decodes_whole = True
 
     def __init__(self, path: Path, factory: type[ImageFile.ImageFile]) -> None:
         self._path = path
@@ -541,8 +564,16 @@ class LargeImage:
 
         Raises:
             ValueError: Empty or out-of-image box, or non-positive ``out_size``.
+            OptionError: ``out_size`` over :data:`MAX_REGION_PIXELS`.
             ImageReadError: The pixels cannot be decoded (corrupt file).
         """
+        out_h, out_w = (int(v) for v in out_size)
+        if out_h * out_w > MAX_REGION_PIXELS:
+            raise OptionError(
+                "out_size",
+                f"{out_h}x{out_w} = {out_h * out_w:,} pixels is over the limit of "
+                f"{MAX_REGION_PIXELS:,} per read of {self.path}",
+            )
         raw = self._resample(box, out_size)
         if raw.dtype == np.uint8:
             return raw
@@ -773,11 +804,15 @@ def open_image(
         height, width = source.sizes[0]
         if height < 1 or width < 1:
             raise ImageReadError(location, f"zero-sized image ({height}x{width})")
-        if max_pixels is not None and height * width > max_pixels:
+        limit, whole = max_pixels, getattr(source, "decodes_whole", False)
+        if limit is not None and whole:
+            limit = min(limit, WHOLE_DECODE_MAX_PIXELS)
+        if limit is not None and height * width > limit:
+            kind = " for a PNG/JPEG, which is decoded whole" if whole else ""
             raise ImageReadError(
                 location,
                 f"{height}x{width} = {height * width:,} pixels exceeds the limit of "
-                f"{max_pixels:,} (decompression-bomb guard); pass max_pixels=None or set "
+                f"{limit:,}{kind} (decompression-bomb guard); pass max_pixels=None or set "
                 f"{MAX_PIXELS_ENV}=0 to disable it",
             )
         meaning = None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lrsvqa.errors import OptionError
 from lrsvqa.imagery.pyramid import (
     DEFAULT_DIP_RULE,
     DEFAULT_MIN_SHORT_SIDE,
@@ -25,6 +26,9 @@ from lrsvqa.imagery.pyramid import (
     build_pyramid,
 )
 from lrsvqa.imagery.reader import LargeImage, open_image
+
+#: Largest tile side accepted (CLIP encoders use 224-448): a tile is allocated whole.
+MAX_TILE_SIZE = 4096
 
 
 class PyramidReader:
@@ -74,7 +78,12 @@ class PyramidReader:
                 (:func:`lrsvqa.imagery.pyramid.level_sizes`).
             **reader_options: Passed to :func:`lrsvqa.imagery.reader.open_image`
                 (``bands``, ``percentiles``, ``max_pixels``).
+
+        Raises:
+            OptionError: ``tile_size`` outside ``1..MAX_TILE_SIZE``.
         """
+        if not 1 <= tile_size <= MAX_TILE_SIZE:
+            raise OptionError("tile_size", f"{tile_size} is outside 1..{MAX_TILE_SIZE}")
         image = open_image(path, **reader_options)
         try:
             geometry = build_pyramid(image.height, image.width, tile_size, min_short_side, dip_rule)

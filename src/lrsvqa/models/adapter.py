@@ -7,25 +7,85 @@ modules of unmodified ``transformers`` classes (``LlavaForConditionalGeneration`
 * encode a batch of B x B tiles into projected vision tokens,
 * embed text around the image placeholder of the model's own chat template,
 * run the language model (or generate) on assembled ``inputs_embeds``.
+
+Two architecture choices decide how tiles become LLM tokens
+(:class:`VisionTokenOptions`): the paper's model (the authors' LLaVA-NeXT-Qwen2) pools
+every high-resolution tile's token grid 2 x 2 (``get_2dPool`` in their
+``llava_arch.py``; the thumbnail stays unpooled), and row-end (``image_newline``)
+tokens can be left out.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
+from lrsvqa.errors import ModelLoadError
+from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
+POOL_MODES = ("bilinear", "average", "max")
 
 
-class ModelLoadError(ValueError):
-    """A checkpoint could not be used: names the path and the reason."""
+@dataclass(frozen=True)
+class VisionTokenOptions:
+    """How the encoder's tile features become LLM tokens.
+
+    Attributes:
+        hr_pool: Stride of the 2-D pooling of every high-resolution tile's token grid
+            after the projector (1 = none, 2 = the paper's model: 24 x 24 -> 12 x 12).
+            The thumbnail is never pooled.
+        pool_mode: ``"bilinear"`` (the authors' default: resize to ``ceil(g / stride)``),
+            ``"average"`` or ``"max"`` (``stride`` x ``stride`` windows, ``floor``).
+        newline: Close every token row with the model's ``image_newline`` where it has
+            one; False feeds no row-end tokens (as the paper's Tab. 4 counts).
+    """
+
+    hr_pool: int = 1
+    pool_mode: str = "bilinear"
+    newline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.hr_pool < 1:
+            raise ValueError(f"hr_pool must be >= 1, got {self.hr_pool}")
+        if self.pool_mode not in POOL_MODES:
+            raise ValueError(
+                f"unknown pool mode {self.pool_mode!r}; known: {', '.join(POOL_MODES)}"
+            )
+
+    @classmethod
+    def from_config(cls, config: Any) -> VisionTokenOptions:
+        """The options a checkpoint's config states, defaults for the rest.
+
+        Keys: ``hr_pool`` / ``hr_pool_mode``, or the authors' ``mm_spatial_pool_stride``
+        / ``mm_spatial_pool_mode``.
+        """
+        stride = getattr(config, "hr_pool", None) or getattr(config, "mm_spatial_pool_stride", None)
+        mode = getattr(config, "hr_pool_mode", None) or getattr(
+            config, "mm_spatial_pool_mode", None
+        )
+        return cls(
+            hr_pool=int(stride or cls.hr_pool),
+            pool_mode=str(mode or cls.pool_mode),
+        )
+
+    def pooled_side(self, side: int) -> int:
+        """Tokens per side of a ``side`` x ``side`` grid after pooling."""
+        if self.hr_pool == 1:
+            return side
+        if self.pool_mode == "bilinear":
+            return math.ceil(side / self.hr_pool)
+        return side // self.hr_pool
 
 
 @dataclass(frozen=True)
@@ -57,17 +117,24 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 class LlavaAdapter:
     """Uniform access to the vision tower, projector and LLM of a LLaVA-family model.
 
+    ``tokens_per_side`` / ``tokens_per_tile`` describe a high-resolution tile as the LLM
+    sees it (after pooling); ``thumbnail_tokens`` the unpooled global view.
+
     Args:
         model: A loaded ``Llava*ForConditionalGeneration``.
         processor: Its processor (tokenizer with chat template + image processor).
+        options: Pooling and row-end tokens (default: what the model's config says).
     """
 
-    def __init__(self, model: PreTrainedModel, processor) -> None:
+    def __init__(
+        self, model: PreTrainedModel, processor, options: VisionTokenOptions | None = None
+    ) -> None:
         model_type = model.config.model_type
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ModelLoadError(
+                getattr(model.config, "_name_or_path", "") or "model",
                 f"model type {model_type!r} is not a supported LLaVA family "
-                f"({', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"({', '.join(SUPPORTED_MODEL_TYPES)})",
             )
         self.model = model.eval()
         self.processor = processor
@@ -75,7 +142,14 @@ class LlavaAdapter:
         self.config = model.config
         vision = self.config.vision_config
         self.tile_size: int = vision.image_size
-        self.tokens_per_side: int = vision.image_size // vision.patch_size
+        self.encoder_tokens_per_side: int = vision.image_size // vision.patch_size
+        self.options = options or VisionTokenOptions.from_config(self.config)
+        self.tokens_per_side: int = self.options.pooled_side(self.encoder_tokens_per_side)
+        if self.tokens_per_side < 1:
+            raise ValueError(
+                f"hr_pool {self.options.hr_pool} leaves no token of a "
+                f"{self.encoder_tokens_per_side} x {self.encoder_tokens_per_side} tile grid"
+            )
         image_processor = getattr(processor, "image_processor", None)
         mean = getattr(image_processor, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
         std = getattr(image_processor, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
@@ -90,19 +164,53 @@ class LlavaAdapter:
         dtype: str | torch.dtype | None = "float32",
         device: str | torch.device = "cpu",
         attn_implementation: str | None = None,
+        options: VisionTokenOptions | None = None,
     ) -> LlavaAdapter:
-        """Load a checkpoint (local folder or hub id) in the requested dtype and device."""
+        """Load a checkpoint (local folder or hub id) in the requested dtype and device.
+
+        The location is settled first (:func:`resolve_checkpoint`: no network retries
+        for a mistyped name) and local weight files are checked for truncation, so
+        every failure names the folder or file. Remote code is never trusted.
+
+        Raises:
+            ModelLoadError: Naming the folder, hub id or weight file at fault.
+        """
         kwargs = {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        location = resolve_checkpoint(path)
+        if Path(location).is_dir():
+            check_weight_files(Path(location))
         try:
-            processor = AutoProcessor.from_pretrained(str(path))
+            processor = AutoProcessor.from_pretrained(location, trust_remote_code=False)
             model = AutoModelForImageTextToText.from_pretrained(
-                str(path), dtype=_resolve_dtype(dtype), **kwargs
+                location, dtype=_resolve_dtype(dtype), trust_remote_code=False, **kwargs
             )
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load a LLaVA model from {path}: {error}") from error
-        return cls(model.to(device), processor)
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ModelLoadError(
+                path, f"cannot load a LLaVA model ({type(error).__name__}: {first})"
+            ) from error
+        return cls(model.to(device), processor, options)
+
+    def with_options(
+        self,
+        *,
+        hr_pool: int | None = None,
+        pool_mode: str | None = None,
+        newline: bool | None = None,
+    ) -> LlavaAdapter:
+        """A view of the same model (weights shared) with some token options overridden."""
+        changes = {"hr_pool": hr_pool, "pool_mode": pool_mode, "newline": newline}
+        options = replace(self.options, **{k: v for k, v in changes.items() if v is not None})
+        if options == self.options:
+            return self
+        view = copy.copy(self)
+        view.options = options
+        view.tokens_per_side = options.pooled_side(self.encoder_tokens_per_side)
+        if view.tokens_per_side < 1:
+            raise ValueError(f"hr_pool {options.hr_pool} leaves no token of a tile")
+        return view
 
     # ------------------------------------------------------------------ modules
     @property
@@ -132,7 +240,9 @@ class LlavaAdapter:
 
     @property
     def image_newline(self) -> torch.Tensor | None:
-        """LLaVA-NeXT's learned end-of-row embedding, or None for LLaVA-1.5."""
+        """LLaVA-NeXT's learned end-of-row embedding; None for LLaVA-1.5 or without newlines."""
+        if not self.options.newline:
+            return None
         return getattr(self.model.model, "image_newline", None)
 
     @property
@@ -168,8 +278,13 @@ class LlavaAdapter:
 
     @property
     def tokens_per_tile(self) -> int:
-        """Vision tokens one tile becomes."""
+        """LLM tokens one high-resolution tile becomes (after pooling)."""
         return self.tokens_per_side**2
+
+    @property
+    def thumbnail_tokens(self) -> int:
+        """Tokens out of the encoder per view (the thumbnail's count, a tile's before pooling)."""
+        return self.encoder_tokens_per_side**2
 
     # ------------------------------------------------------------------ vision
     def pixel_values(self, tiles: list[np.ndarray]) -> torch.Tensor:
@@ -184,7 +299,7 @@ class LlavaAdapter:
         return pixels.to(self.device, self.dtype)
 
     def encode_pixels(self, pixel_values: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
-        """Vision tower + projector on normalised tiles: (N, tokens_per_tile, hidden).
+        """Vision tower + projector on normalised views, unpooled: (N, thumbnail_tokens, hidden).
 
         Keeps the autograd graph (training encodes through it); inference callers wrap
         it in ``torch.no_grad``.
@@ -205,16 +320,43 @@ class LlavaAdapter:
         return (
             torch.cat(outputs)
             if outputs
-            else pixel_values.new_zeros(0, self.tokens_per_tile, self.hidden_size)
+            else pixel_values.new_zeros(0, self.thumbnail_tokens, self.hidden_size)
         )
 
     def encode_tiles(self, tiles: list[np.ndarray]) -> torch.Tensor:
-        """Encode uint8 RGB tiles into projected vision tokens (N, tokens_per_tile, hidden)."""
+        """Encode uint8 RGB views unpooled: (N, thumbnail_tokens, hidden).
+
+        Thumbnails as they are; tiles go on through :meth:`pool_tiles`.
+        """
         if not tiles:
             return torch.zeros(
-                0, self.tokens_per_tile, self.hidden_size, dtype=self.dtype, device=self.device
+                0, self.thumbnail_tokens, self.hidden_size, dtype=self.dtype, device=self.device
             )
         return self.encode_pixels(self.pixel_values(tiles))
+
+    def pool_tiles(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool encoded tiles (N, thumbnail_tokens, hidden) to (N, tokens_per_tile, hidden).
+
+        As the authors' ``get_2dPool``: on the projected features, row-major grid.
+        """
+        if self.options.hr_pool == 1:
+            return features
+        n, _, hidden = features.shape
+        side, stride = self.encoder_tokens_per_side, self.options.hr_pool
+        grid = features.reshape(n, side, side, hidden).permute(0, 3, 1, 2)
+        if self.options.pool_mode == "bilinear":
+            pooled = nn.functional.interpolate(
+                grid, size=(self.tokens_per_side, self.tokens_per_side), mode="bilinear"
+            )
+        elif self.options.pool_mode == "average":
+            pooled = nn.functional.avg_pool2d(grid, stride)
+        else:
+            pooled = nn.functional.max_pool2d(grid, stride)
+        return pooled.permute(0, 2, 3, 1).reshape(n, self.tokens_per_tile, hidden)
+
+    def encode_hr_tiles(self, tiles: list[np.ndarray]) -> torch.Tensor:
+        """Encode high-resolution tiles into the LLM's tokens (N, tokens_per_tile, hidden)."""
+        return self.pool_tiles(self.encode_tiles(tiles))
 
     # ------------------------------------------------------------------ text
     def prompt_parts(self, question: str) -> PromptParts:

@@ -6,6 +6,12 @@ R decoder layers of the LLM's own class, initialised as copies of a sparse subse
 text token over the vision tokens, so that tiles can be chosen and tokens pruned
 *before* the LLM sees them.
 
+Structure (``RFMConfig.structure``): the authors' code (``"official"``, the default for
+new RFMs) puts a copy of LLM layer 0 in front, so the selected layers read what the
+LLM's layer 1 reads, not raw embeddings: LLM layers [0, 1, 5, 11, 14] for the paper's
+(1, 5, 11, 14). ``"selected"`` copies only the selected layers; RFM folders saved before
+the structure was recorded have it and still load as saved.
+
 Training-free mode (beyond the paper) uses the selected LLM layers themselves, so
 any LLaVA checkpoint works without a distilled RFM.
 """
@@ -18,20 +24,40 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
+from lrsvqa.errors import ModelLoadError
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
+from lrsvqa.models.checkpoint import check_safetensors
 
 DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
+OFFICIAL_STRUCTURE = "official"  # a leading copy of LLM layer 0, then the selected layers
+SELECTED_STRUCTURE = "selected"  # the selected layers only (RFMs saved before the field)
+RFM_STRUCTURES = (OFFICIAL_STRUCTURE, SELECTED_STRUCTURE)
 WEIGHTS_NAME = "rfm.safetensors"
 CONFIG_NAME = "rfm_config.json"
 
 
-class RFMLoadError(ValueError):
-    """An RFM checkpoint does not fit the LLM it is loaded for."""
+class RFMLoadError(ModelLoadError):
+    """An RFM checkpoint is missing, corrupt, or does not fit the LLM it is loaded for."""
+
+
+def copied_layers(layer_indices: list[int] | tuple[int, ...], structure: str) -> list[int]:
+    """LLM layers an RFM of ``structure`` copies, in order, for the selected layers.
+
+    The official structure adds a leading layer 0 unless the selection starts with it
+    (a selection such as (0, 2, 5) gets no second copy).
+    """
+    if structure not in RFM_STRUCTURES:
+        raise ValueError(f"unknown RFM structure {structure!r}; known: {', '.join(RFM_STRUCTURES)}")
+    indices = list(layer_indices)
+    if structure == OFFICIAL_STRUCTURE and indices and indices[0] != 0:
+        return [0, *indices]
+    return indices
 
 
 def default_layer_indices(num_llm_layers: int, num_rfm_layers: int = 4) -> tuple[int, ...]:
@@ -56,7 +82,12 @@ def default_layer_indices(num_llm_layers: int, num_rfm_layers: int = 4) -> tuple
 
 @dataclass
 class RFMConfig:
-    """What an RFM checkpoint records about itself and the LLM it belongs to."""
+    """What an RFM checkpoint records about itself and the LLM it belongs to.
+
+    ``layer_indices`` are the LLM layers the RFM layers were copied from, in order
+    (the leading layer 0 included under the official structure); ``structure`` says
+    how they were chosen and defaults to ``"selected"`` for configs written before it.
+    """
 
     base_model: str
     layer_indices: list[int]
@@ -66,6 +97,7 @@ class RFMConfig:
     num_key_value_heads: int
     num_llm_layers: int
     distill_pairs: list[list[int]] = field(default_factory=list)
+    structure: str = SELECTED_STRUCTURE
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -78,7 +110,7 @@ class RFMConfig:
             data = json.loads(path.read_text())
             return cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as error:
-            raise RFMLoadError(f"{path}: not a valid RFM config ({error})") from error
+            raise RFMLoadError(path, f"not a valid RFM config ({error})") from error
 
 
 def _text_config_summary(adapter: LlavaAdapter) -> dict:
@@ -121,6 +153,7 @@ class RegionFocusModule(nn.Module):
         *,
         training_free: bool = False,
         base_model: str = "",
+        structure: str = OFFICIAL_STRUCTURE,
     ) -> RegionFocusModule:
         """Initialise from a sparse subset of the LLM's layers.
 
@@ -129,18 +162,24 @@ class RegionFocusModule(nn.Module):
             layer_indices: Increasing LLM layer indices ``m_1 < ... < m_R``.
             training_free: Share the LLM's own layers instead of copying them.
             base_model: Name or path of the base model, recorded in the config.
+            structure: ``"official"`` (a leading copy of layer 0) or ``"selected"``
+                (see :func:`copied_layers`).
         """
         num_llm_layers = len(adapter.decoder_layers)
-        indices = list(layer_indices or default_layer_indices(num_llm_layers))
-        if sorted(set(indices)) != indices or indices[0] < 0 or indices[-1] >= num_llm_layers:
+        selected = list(layer_indices or default_layer_indices(num_llm_layers))
+        if sorted(set(selected)) != selected or selected[0] < 0 or selected[-1] >= num_llm_layers:
             raise ValueError(
                 f"RFM layer indices must be strictly increasing within 0..{num_llm_layers - 1}, "
-                f"got {indices}"
+                f"got {selected}"
             )
+        indices = copied_layers(selected, structure)
         source = [adapter.decoder_layers[i] for i in indices]
         layers = nn.ModuleList(source if training_free else [copy.deepcopy(m) for m in source])
         config = RFMConfig(
-            base_model=str(base_model), layer_indices=indices, **_text_config_summary(adapter)
+            base_model=str(base_model),
+            layer_indices=indices,
+            structure=structure,
+            **_text_config_summary(adapter),
         )
         return cls(layers, adapter.language_model.rotary_emb, adapter.config.text_config, config)
 
@@ -247,10 +286,13 @@ class RegionFocusModule(nn.Module):
     def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
         """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
         rfm_dir = Path(rfm_dir)
+        if not rfm_dir.is_dir():
+            problem = "no such folder" if not rfm_dir.exists() else "not a folder"
+            raise RFMLoadError(rfm_dir, problem)
         config_path, weights_path = rfm_dir / CONFIG_NAME, rfm_dir / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise RFMLoadError(f"{rfm_dir}: missing {path.name}; is this an RFM directory?")
+                raise RFMLoadError(rfm_dir, f"missing {path.name}; is this an RFM folder?")
         config = RFMConfig.load(config_path)
         expected = _text_config_summary(adapter)
         mismatched = {
@@ -260,13 +302,22 @@ class RegionFocusModule(nn.Module):
             details = ", ".join(
                 f"{k}: RFM has {a}, LLM has {b}" for k, (a, b) in mismatched.items()
             )
-            raise RFMLoadError(f"{rfm_dir}: RFM does not match this LLM ({details})")
-        module = cls.from_llm(adapter, config.layer_indices, base_model=config.base_model)
+            raise RFMLoadError(rfm_dir, f"RFM does not match this LLM ({details})")
+        if config.structure not in RFM_STRUCTURES:
+            raise RFMLoadError(config_path, f"unknown RFM structure {config.structure!r}")
+        # The recorded layers are the copied ones already: rebuild them as they are.
+        module = cls.from_llm(
+            adapter,
+            config.layer_indices,
+            base_model=config.base_model,
+            structure=SELECTED_STRUCTURE,
+        )
         module.rfm_config = config
+        check_safetensors(weights_path)
         try:
             state = load_file(str(weights_path), device=str(adapter.device))
-        except Exception as error:  # safetensors raises its own error types
-            raise RFMLoadError(f"{weights_path}: unreadable safetensors file ({error})") from error
+        except (OSError, SafetensorError) as error:
+            raise RFMLoadError(weights_path, f"unreadable safetensors file ({error})") from error
         own = module.layers.state_dict()
         problems = sorted(set(own) ^ set(state))
         problems += [
@@ -275,6 +326,6 @@ class RegionFocusModule(nn.Module):
             if k in state and state[k].shape != v.shape
         ]
         if problems:
-            raise RFMLoadError(f"{weights_path}: weights do not fit the LLM: {problems[:5]}")
+            raise RFMLoadError(weights_path, f"weights do not fit the LLM: {problems[:5]}")
         module.layers.load_state_dict(state)
         return module.to(adapter.dtype)

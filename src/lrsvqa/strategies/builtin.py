@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from lrsvqa.strategies.visionzip import visionzip_crops
 
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
+_VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
 _RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
 
 
@@ -62,14 +63,44 @@ def _path_key(path: str | Path) -> str:
 
 
 def shared_adapter(
-    model_path: str | Path, dtype: str = "float32", device: str = "cpu"
+    model_path: str | Path,
+    dtype: str = "float32",
+    device: str = "cpu",
+    *,
+    hr_pool: int | None = None,
+    pool_mode: str | None = None,
+    newline: bool | None = None,
 ) -> LlavaAdapter:
-    """The process-wide model for ``(path, dtype, device)``, loaded on first use."""
+    """The process-wide model for ``(path, dtype, device)``, loaded on first use.
+
+    With token options (:meth:`LlavaAdapter.with_options`; None keeps the checkpoint's)
+    it returns a view sharing the weights, kept for the process like the model, so
+    strategies asking for the same options share it (and its RFM).
+    """
     key = (_path_key(model_path), str(dtype), str(device))
     with _LOCK:
         if key not in _ADAPTERS:
             _ADAPTERS[key] = LlavaAdapter.from_pretrained(model_path, dtype=dtype, device=device)
-        return _ADAPTERS[key]
+        view_key = (*key, hr_pool, pool_mode, newline)
+        if view_key not in _VIEWS:
+            _VIEWS[view_key] = _ADAPTERS[key].with_options(
+                hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+            )
+        return _VIEWS[view_key]
+
+
+def share_adapter(
+    model_path: str | Path, adapter: LlavaAdapter, dtype: str = "float32", device: str = "cpu"
+) -> None:
+    """Make an already built model the one strategies get for ``(model_path, dtype, device)``.
+
+    For models that exist only in memory (benchmarks on random weights of a real size).
+    """
+    key = (_path_key(model_path), str(dtype), str(device))
+    with _LOCK:
+        _ADAPTERS[key] = adapter
+        for view_key in [k for k in _VIEWS if k[:3] == key]:
+            del _VIEWS[view_key]
 
 
 def shared_rfm(
@@ -120,7 +151,7 @@ def read_anyres(path: Path, max_tiles: int, tile_size: int) -> AnyresImage:
 
 
 def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
-    """LLaVA-NeXT's vision sequence: base tokens, unpadded grid rows, a newline per row."""
+    """LLaVA-NeXT's vision sequence: base tokens, unpadded (pooled) grid rows, row ends."""
     tokens = adapter.encode_tiles([image.base, *image.tiles])
     g = adapter.tokens_per_side
     positions = tile_token_positions(image.geometry.tiles(), g)
@@ -129,12 +160,21 @@ def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
         (positions[:, 0] >= r0) & (positions[:, 0] < r1)
         & (positions[:, 1] >= c0) & (positions[:, 1] < c1)
     )  # fmt: skip
-    grid_tokens = tokens[1:].reshape(-1, adapter.hidden_size)
+    grid_tokens = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
     keep = torch.as_tensor(np.flatnonzero(inside), dtype=torch.long, device=grid_tokens.device)
     sequence, _, _ = layout_vision_tokens(
         grid_tokens[keep], positions[inside], tokens[0], adapter.image_newline
     )
     return sequence
+
+
+def model_dims(adapter: LlavaAdapter) -> ModelDims:
+    """The FLOPs dimensions of the model as the adapter feeds it (pooling, row ends)."""
+    return replace(
+        ModelDims.from_config(adapter.config.to_dict()),
+        hr_pool=adapter.options.hr_pool,
+        image_newline=adapter.image_newline is not None,
+    )
 
 
 # ---------------------------------------------------------------------- strategies
@@ -147,7 +187,7 @@ class _ModelStrategy:
         self.name = name
         self.adapter = adapter
         self.max_new_tokens = max_new_tokens
-        self.dims = ModelDims.from_config(adapter.config.to_dict())
+        self.dims = model_dims(adapter)
 
     def _result(
         self,
@@ -240,14 +280,14 @@ class FullResolutionStrategy(_ModelStrategy):
         adapter = self.adapter
         if self._encoded is None or self._encoded[0]() is not prepared:
             tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
-            hr = tokens[1:].reshape(-1, adapter.hidden_size)
+            hr = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
             positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
             sequence, _, _ = layout_vision_tokens(hr, positions, tokens[0], adapter.image_newline)
             self._encoded = (weakref.ref(prepared), sequence)
         sequence = self._encoded[1]
         embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
         answer = adapter.generate(embeds, self.max_new_tokens)
-        encoded = (1 + len(prepared.tiles)) * adapter.tokens_per_tile
+        encoded = (1 + len(prepared.tiles)) * adapter.thumbnail_tokens
         count = TokenCount(self.name, encoded, self._all_layers(int(sequence.shape[0])))
         return self._result(answer, count, int(embeds.shape[1]), {"tiles": len(prepared.tiles)})
 
@@ -274,7 +314,7 @@ class AnyresStrategy(_ModelStrategy):
         }
 
     def _encoded(self, image: AnyresImage) -> int:
-        return (1 + len(image.tiles)) * self.adapter.tokens_per_tile
+        return (1 + len(image.tiles)) * self.adapter.thumbnail_tokens
 
     @torch.no_grad()
     def answer(self, prepared: AnyresImage, question: str) -> StrategyResult:
@@ -296,7 +336,9 @@ class CropReductionStrategy(AnyresStrategy):
 
     Each crop (base view first, then the grid tiles row-major) is reduced on its own
     from its [CLS] attention and keys; the kept features are projected and fed to the
-    LLM crop after crop, without unpadding or newlines (see :mod:`.visionzip`).
+    LLM crop after crop, without unpadding or newlines (see :mod:`.visionzip`). On a
+    model that pools its tiles, each tile's features, keys and attention are pooled
+    first (the adapter's pooling), so the method reduces the tokens a tile would give.
     """
 
     def __init__(
@@ -317,14 +359,18 @@ class CropReductionStrategy(AnyresStrategy):
         encoded = encode_with_cls_attention(
             adapter, adapter.pixel_values([prepared.base, *prepared.tiles])
         )
-        crops = self.reduce(encoded.features, encoded.cls_attention, encoded.keys)
-        sequence = project(adapter, crops.reshape(-1, crops.shape[-1]))
+        base = self.reduce(encoded.features[:1], encoded.cls_attention[:1], encoded.keys[:1])
+        attention = adapter.pool_tiles(encoded.cls_attention[1:, :, None])[..., 0]
+        pool = adapter.pool_tiles
+        crops = self.reduce(pool(encoded.features[1:]), attention, pool(encoded.keys[1:]))
+        width = crops.shape[-1]
+        sequence = project(adapter, torch.cat([base.reshape(-1, width), crops.reshape(-1, width)]))
         embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
         answer = adapter.generate(embeds, self.max_new_tokens)
         n = int(sequence.shape[0])
         count = TokenCount(self.name, self._encoded(prepared), self._all_layers(n))
         trace = self._trace(prepared) | {
-            "crops": int(crops.shape[0]),
+            "crops": 1 + int(crops.shape[0]),
             "tokens_per_crop": int(crops.shape[1]),
         }
         return self._result(answer, count, int(embeds.shape[1]), trace)
@@ -391,7 +437,7 @@ class CoarseToFineStrategy(_ModelStrategy):
         self.c2f = CoarseToFine(adapter, rfm, config)
         self.pyramid = pyramid
         self.grid_tiles = grid_tiles
-        self.rfm_dims = ModelDims.from_config(adapter.config.to_dict(), rfm_layers=len(rfm.layers))
+        self.rfm_dims = replace(model_dims(adapter), rfm_layers=len(rfm.layers))
 
     def prepare(self, image_path: Path) -> PyramidReader:
         """Open the image lazily with its DIP (or single-grid) geometry."""
@@ -469,7 +515,14 @@ def _adapter(model: ModelOptions) -> LlavaAdapter:
     """
     if model.model_path is None:
         raise ValueError("this strategy needs a model path (model_path=..., --model)")
-    return shared_adapter(model.model_path, model.dtype, model.device)
+    return shared_adapter(
+        model.model_path,
+        model.dtype,
+        model.device,
+        hr_pool=model.hr_pool,
+        pool_mode=model.hr_pool_mode,
+        newline=model.newline,
+    )
 
 
 def make_thumbnail(model: ModelOptions, options: NoOptions) -> ThumbnailStrategy:

@@ -6,6 +6,10 @@ the kept tokens to the tiles of the next level that cover the same ground and en
 only those; if more than ``max_tiles`` tiles would be needed, or at the last level,
 prune to the kept tokens and stop. The LLM then sees ``[thumbnail tokens, retained
 tokens in spatial order, text]``.
+
+High-resolution tokens are the adapter's (``tokens_per_side`` per tile side, pooled
+where the model pools tiles): the RFM scores those, and a kept token maps to the next
+level's tiles by the ground it covers (``tile_size / tokens_per_side`` px of the level).
 """
 
 from __future__ import annotations
@@ -69,7 +73,12 @@ class CoarseToFineConfig:
 
 @dataclass
 class LevelTrace:
-    """What happened at one DIP level."""
+    """What happened at one DIP level.
+
+    ``tokens_encoded`` counts the high-resolution tokens of the encoded tiles the RFM
+    scores (after any pooling); the encoder's own output is in
+    ``CoarseToFineResult.vision_tokens_encoded``.
+    """
 
     level: int
     downsample: float
@@ -161,10 +170,10 @@ class CoarseToFine:
         coarse_scores = None
         while True:
             level = geometry.levels[level_index]
-            hr = adapter.encode_tiles([source.tile(level_index, r, c) for r, c in tiles])
+            hr = adapter.encode_hr_tiles([source.tile(level_index, r, c) for r, c in tiles])
             hr = hr.reshape(-1, adapter.hidden_size)
             positions = tile_token_positions(tiles, g)
-            encoded_total += hr.shape[0]
+            encoded_total += len(tiles) * adapter.thumbnail_tokens
             sequence, hr_index, order = layout_vision_tokens(hr, positions, thumbnail, newline)
             embeds, vision_slice = adapter.assemble(prompt, sequence)
             sorted_positions = positions[order]

@@ -46,10 +46,17 @@ class ModelOptions:
     device: str = option("cpu", "Torch device, e.g. cuda:1 (--device).")
     dtype: str = option("float32", "Model dtype, e.g. float16 (--dtype).")
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Generation budget.")
+    hr_pool: int | None = option(
+        None, "Pool each high-res tile's tokens by this stride (2 = the paper's; none: config)."
+    )
+    hr_pool_mode: str | None = option(None, "bilinear, average or max (none: the config's).")
+    newline: bool | None = option(None, "Row-end tokens (false: none; none: the model's own).")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.hr_pool is not None and self.hr_pool < 1:
+            raise ValueError(f"hr_pool must be >= 1, got {self.hr_pool}")
 
 
 @dataclass(frozen=True)
@@ -385,12 +392,19 @@ def _describe(cls: type) -> list[dict[str, Any]]:
     return [
         {
             "name": f.name,
-            "type": str(f.type),
+            "type": _type_name(f.type),
             "default": getattr(defaults, f.name),
             "help": f.metadata.get("help", ""),
         }
         for f in dataclasses.fields(cls)
     ]
+
+
+def _type_name(annotation: Any) -> str:
+    """An annotation as written (``int``, ``tuple[int, ...] | None``), string or not."""
+    if isinstance(annotation, str):
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 def _scan_package() -> None:

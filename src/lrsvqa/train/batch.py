@@ -124,7 +124,7 @@ def _images(item: SFTExample | RawSample) -> tuple[np.ndarray, Sequence[np.ndarr
 
 
 def encode_batch(adapter: LlavaAdapter, items: Sequence[SFTExample | RawSample]) -> torch.Tensor:
-    """Projected tokens of every item's thumbnail then tiles, all through the tower at once.
+    """Projected, unpooled tokens of every item's thumbnail then tiles, all through the tower.
 
     Gradients flow unless the caller disables them (distillation's frozen encoder).
     """
@@ -137,13 +137,17 @@ def encode_batch(adapter: LlavaAdapter, items: Sequence[SFTExample | RawSample])
 
 
 def split_encoded(
-    encoded: torch.Tensor, items: Sequence[SFTExample | RawSample]
+    adapter: LlavaAdapter, encoded: torch.Tensor, items: Sequence[SFTExample | RawSample]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(thumbnail, tiles)`` tokens of each item, cut from :func:`encode_batch`'s output."""
+    """``(thumbnail, tiles)`` tokens of each item, cut from :func:`encode_batch`'s output.
+
+    Tiles are pooled as the model pools high-resolution tiles, as inference feeds them.
+    """
     parts, cursor = [], 0
     for item in items:
         count = len(_images(item)[1])
-        parts.append((encoded[cursor], encoded[cursor + 1 : cursor + 1 + count]))
+        tiles = adapter.pool_tiles(encoded[cursor + 1 : cursor + 1 + count])
+        parts.append((encoded[cursor], tiles))
         cursor += 1 + count
     return parts
 
@@ -213,7 +217,9 @@ def embed_batch(
     samples = _as_samples(adapter, items)
     pieces = [
         _sequence(adapter, sample, thumbnail, tiles)
-        for sample, (thumbnail, tiles) in zip(samples, split_encoded(encoded, items), strict=True)
+        for sample, (thumbnail, tiles) in zip(
+            samples, split_encoded(adapter, encoded, items), strict=True
+        )
     ]
     batch, n = len(pieces), max(p["embeds"].shape[0] for p in pieces)
     turns = max(p["queries"].shape[0] for p in pieces)

@@ -61,6 +61,37 @@ def list_checkpoints(root: Path) -> list[Path]:
     )
 
 
+def resume_point(out_dir: Path, root: Path, resume: bool | str | Path) -> Path | None:
+    """The checkpoint a run starts from, refusing to silently restart over existing ones.
+
+    Args:
+        out_dir: The run's output folder (named in errors).
+        root: Its checkpoint folder.
+        resume: True for the newest checkpoint in ``root``, a path for that
+            checkpoint, False for a fresh run.
+
+    Raises:
+        FileNotFoundError: Nothing to resume from.
+        FileExistsError: A fresh run over existing checkpoints.
+    """
+    existing = list_checkpoints(root)
+    if resume is True:
+        if not existing:
+            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from")
+        return existing[-1]
+    if resume:
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: checkpoint folder does not exist")
+        return path
+    if existing:
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints ({existing[-1].name}); "
+            "resume from them or use another output directory"
+        )
+    return None
+
+
 def _json_ready(value: Any) -> Any:
     """Tuples to lists, recursively (JSON has no tuples)."""
     if isinstance(value, (list, tuple)):

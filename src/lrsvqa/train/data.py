@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lrsvqa.errors import InputFileError
 from lrsvqa.imagery.errors import ImageReadError
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.layout import tile_token_positions
 
@@ -38,7 +39,7 @@ ASSISTANT_ROLES = ("gpt", "assistant")
 ConversationData = str | Path | Sequence[Mapping]
 
 
-class DistillDataError(ValueError):
+class DistillDataError(InputFileError):
     """A conversation item cannot be used; the message names the file and the item."""
 
 
@@ -75,33 +76,35 @@ def _describe(source: str, index: int, item: object) -> str:
 def _turns(messages: object, where: str) -> tuple[Turn, ...]:
     """Validate alternating human/gpt messages with one ``<image>`` in the first question."""
     if not isinstance(messages, list) or not messages:
-        raise DistillDataError(f"{where}: 'conversations' must be a non-empty list")
+        raise DistillDataError(where, "'conversations' must be a non-empty list")
     if len(messages) % 2:
         raise DistillDataError(
-            f"{where}: expected human/gpt pairs, got an odd number ({len(messages)}) of messages"
+            where, f"expected human/gpt pairs, got an odd number ({len(messages)}) of messages"
         )
     turns = []
     for position, message in enumerate(messages):
         if not isinstance(message, Mapping) or not isinstance(message.get("value"), str):
             raise DistillDataError(
-                f"{where}: message {position} must be an object with a string 'value'"
+                where, f"message {position} must be an object with a string 'value'"
             )
         roles = HUMAN_ROLES if position % 2 == 0 else ASSISTANT_ROLES
         if message.get("from") not in roles:
             raise DistillDataError(
-                f"{where}: message {position} is from {message.get('from')!r}, expected "
-                f"one of {roles} (turns must alternate, starting with the human)"
+                where,
+                f"message {position} is from {message.get('from')!r}, expected "
+                f"one of {roles} (turns must alternate, starting with the human)",
             )
     placeholders = [m["value"].count(IMAGE_PLACEHOLDER) for m in messages]
     if placeholders[0] != 1 or sum(placeholders) != 1:
         raise DistillDataError(
-            f"{where}: the first human message must contain the only {IMAGE_PLACEHOLDER!r} "
-            f"placeholder (found {placeholders[0]} there, {sum(placeholders)} in total)"
+            where,
+            f"the first human message must contain the only {IMAGE_PLACEHOLDER!r} "
+            f"placeholder (found {placeholders[0]} there, {sum(placeholders)} in total)",
         )
     for question, answer in zip(messages[::2], messages[1::2], strict=True):
         text = question["value"].replace(IMAGE_PLACEHOLDER, "").strip()
         if not text:
-            raise DistillDataError(f"{where}: a human message has no text besides the image")
+            raise DistillDataError(where, "a human message has no text besides the image")
         turns.append(Turn(text, answer["value"].strip()))
     return tuple(turns)
 
@@ -118,13 +121,13 @@ def parse_conversation(item: object, image_root: Path, where: str) -> Conversati
         DistillDataError: Naming ``where`` and what is wrong.
     """
     if not isinstance(item, Mapping):
-        raise DistillDataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+        raise DistillDataError(where, f"expected a JSON object, got {type(item).__name__}")
     image = item.get("image")
     if not isinstance(image, str) or not image:
-        raise DistillDataError(f"{where}: missing 'image' (one image per conversation)")
+        raise DistillDataError(where, "missing 'image' (one image per conversation)")
     path = Path(image) if Path(image).is_absolute() else image_root / image
     if not path.is_file():
-        raise DistillDataError(f"{where}: image file {path} does not exist")
+        raise DistillDataError(where, f"image file {path} does not exist")
     return Conversation(path, _turns(item.get("conversations"), where), where)
 
 
@@ -146,15 +149,15 @@ def load_conversations(
         try:
             items = json.loads(source.read_text())
         except OSError as error:
-            raise DistillDataError(f"{source}: cannot read ({error})") from error
+            raise DistillDataError(source, f"cannot read ({error})") from error
         except json.JSONDecodeError as error:
-            raise DistillDataError(f"{source}: not valid JSON ({error})") from error
+            raise DistillDataError(source, f"not valid JSON ({error})") from error
         root = Path(image_root) if image_root is not None else source.parent
         name = str(source)
     else:
         items, root, name = data, Path(image_root or "."), "conversation list"
     if not isinstance(items, list) or not items:
-        raise DistillDataError(f"{name}: expected a non-empty JSON list of conversations")
+        raise DistillDataError(name, "expected a non-empty JSON list of conversations")
     return [
         parse_conversation(item, root, _describe(name, index, item))
         for index, item in enumerate(items)
@@ -193,7 +196,7 @@ def _messages(turns: Sequence[Turn]) -> list[dict]:
 
 def _render(processor, messages: list[dict], generation_prompt: bool, where: str) -> str:
     if not getattr(processor, "chat_template", None):
-        raise DistillDataError(f"{where}: the model's processor has no chat template")
+        raise DistillDataError(where, "the model's processor has no chat template")
     return processor.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt
     )
@@ -217,7 +220,7 @@ def text_layout(processor, turns: Sequence[Turn], where: str) -> TextLayout:
     messages = _messages(turns)
     full = _render(processor, messages, False, where)
     if full.count(image_token) != 1:
-        raise DistillDataError(f"{where}: rendered chat must contain one {image_token!r}")
+        raise DistillDataError(where, f"rendered chat must contain one {image_token!r}")
     before, after = full.split(image_token)
     start = len(before) + len(image_token)
     encoded = tokenizer(after, add_special_tokens=False, return_offsets_mapping=True)
@@ -227,8 +230,9 @@ def text_layout(processor, turns: Sequence[Turn], where: str) -> TextLayout:
         prompt = _render(processor, messages[: 2 * turn + 1], True, where)
         if not full.startswith(prompt) or len(prompt) <= start:
             raise DistillDataError(
-                f"{where}: the chat template renders turn {turn + 1} with a generation prompt "
-                "that is not a prefix of the full dialogue; cannot locate its last prompt token"
+                where,
+                f"the chat template renders turn {turn + 1} with a generation prompt "
+                "that is not a prefix of the full dialogue; cannot locate its last prompt token",
             )
         offsets.append(int(np.searchsorted(ends, len(prompt) - start, side="right")) - 1)
     prefix = tokenizer(before, add_special_tokens=True, return_tensors="pt").input_ids[0]
@@ -270,6 +274,8 @@ class ConversationDataset(Dataset):
         tile_size: Tile side ``B`` of the vision tower.
         tokens_per_side: Vision tokens per tile side.
         min_short_side: DIP minimum short side (the coarsest level's size).
+        dip_rule: DIP halving rule (:func:`lrsvqa.imagery.pyramid.level_sizes`), which
+            decides what the coarsest level is.
     """
 
     def __init__(
@@ -279,12 +285,14 @@ class ConversationDataset(Dataset):
         tile_size: int,
         tokens_per_side: int,
         min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+        dip_rule: str = DEFAULT_DIP_RULE,
     ) -> None:
         self.conversations = list(conversations)
         self.processor = processor
         self.tile_size = tile_size
         self.tokens_per_side = tokens_per_side
         self.min_short_side = min_short_side
+        self.dip_rule = dip_rule
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -294,13 +302,16 @@ class ConversationDataset(Dataset):
         text = text_layout(self.processor, conversation.turns, conversation.where)
         try:
             with PyramidReader.open(
-                conversation.image, tile_size=self.tile_size, min_short_side=self.min_short_side
+                conversation.image,
+                tile_size=self.tile_size,
+                min_short_side=self.min_short_side,
+                dip_rule=self.dip_rule,
             ) as reader:
                 tiles = reader.geometry.levels[0].tiles()
                 pixels = np.stack(reader.tiles(0, tiles))
                 thumbnail = reader.thumbnail()
         except ImageReadError as error:
-            raise DistillDataError(f"{conversation.where}: {error}") from error
+            raise DistillDataError(conversation.where, str(error)) from error
         return RawSample(
             where=conversation.where,
             text=text,

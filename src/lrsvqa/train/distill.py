@@ -32,12 +32,17 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader
 
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.rfm import RegionFocusModule, RFMConfig, default_layer_indices
+from lrsvqa.models.rfm import (
+    SELECTED_STRUCTURE,
+    RegionFocusModule,
+    RFMConfig,
+    default_layer_indices,
+)
 from lrsvqa.strategies.c2f import DEFAULT_ALPHA
 from lrsvqa.train.batch import embed_batch
-from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.checkpoint import check_folder, resume_point
 from lrsvqa.train.data import (
     Conversation,
     ConversationData,
@@ -89,6 +94,11 @@ class DistillConfig:
         cpu: Force CPU; needed for multi-process CPU runs (gloo) under ``torchrun``.
         model_dtype: Dtype to load a model path in (the RFM always trains in float32).
         min_short_side: DIP minimum short side; fixes which level is "level 1".
+        dip_rule: DIP halving rule (``"official"`` or ``"paper-text"``), likewise.
+        hr_pool: Pooling stride of the high-resolution tiles (None: the model's config;
+            2 = the paper's model); inference must use the same.
+        pool_mode: How they are pooled (None: the model's config).
+        newline: Row-end tokens (None: the model's own; False: none).
         seed: Seed of weights-independent randomness and data order.
         num_workers: ``DataLoader`` workers reading tiles.
         log_every: Steps per ``log.jsonl`` line (losses averaged over the window).
@@ -123,6 +133,10 @@ class DistillConfig:
     cpu: bool = False
     model_dtype: str = "float32"
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
+    dip_rule: str = DEFAULT_DIP_RULE
+    hr_pool: int | None = None
+    pool_mode: str | None = None
+    newline: bool | None = None
     seed: int = 0
     num_workers: int = 0
     log_every: int = 10
@@ -272,7 +286,7 @@ def _initial_rfm(
     rfm = RegionFocusModule.from_llm(
         adapter, layer_indices, base_model=_base_model_name(config.model)
     ).float()
-    pairs = resolve_pairs(layer_indices, num_llm_layers, config.pairs)
+    pairs = resolve_pairs(rfm.rfm_config.layer_indices, num_llm_layers, config.pairs)
     rfm.rfm_config.distill_pairs = [list(pair) for pair in pairs]
     return rfm, pairs
 
@@ -292,6 +306,7 @@ def _datasets(
             adapter.tile_size,
             adapter.tokens_per_side,
             config.min_short_side,
+            config.dip_rule,
         )
 
     train = load_conversations(config.data, config.image_root)
@@ -364,27 +379,7 @@ def evaluate_agreement(
     return Agreement(*means, conversations=len(dataset))
 
 
-# ---------------------------------------------------------------------- checkpoints
-def _resume_dir(config: DistillConfig, out_dir: Path) -> Path | None:
-    """Checkpoint to resume from, refusing to silently restart over existing checkpoints."""
-    existing = list_checkpoints(out_dir / CHECKPOINTS_DIR)
-    if config.resume is True:
-        if not existing:
-            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from")
-        return existing[-1]
-    if config.resume:
-        path = Path(config.resume)
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: checkpoint folder does not exist")
-        return path
-    if existing:
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints ({existing[-1].name}); "
-            "resume from them or use another output directory"
-        )
-    return None
-
-
+# ---------------------------------------------------------------------- export
 def _export(
     accelerator: Accelerator,
     student: torch.nn.Module,
@@ -401,7 +396,10 @@ def _export(
     if not accelerator.is_main_process:
         return None
     rfm = RegionFocusModule.from_llm(
-        adapter, rfm_config.layer_indices, base_model=rfm_config.base_model
+        adapter,
+        rfm_config.layer_indices,
+        base_model=rfm_config.base_model,
+        structure=SELECTED_STRUCTURE,  # the recorded layers are the copied ones already
     )
     rfm.rfm_config = rfm_config
     rfm.layers.load_state_dict({k.removeprefix("rfm.layers."): v for k, v in state.items()})
@@ -460,11 +458,13 @@ def distill(config: DistillConfig) -> DistillReport:
     out_dir = Path(config.out_dir)
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    adapter = _load_adapter(config.model, config.model_dtype, accelerator.device)
+    adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
+        hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
+    )
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
     dataset, eval_dataset = _datasets(adapter, config)
-    resume_from = _resume_dir(config, out_dir)
+    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
     if resume_from is not None:
         check_folder(resume_from)  # fail before the agreement measurement, not after
     before = None

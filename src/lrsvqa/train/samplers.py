@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lrsvqa.imagery.errors import ImageReadError
-from lrsvqa.imagery.pyramid import Box, Level
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, Box, Level
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.labels import LabeledObject
 from lrsvqa.models.layout import tile_token_positions
@@ -85,6 +85,7 @@ class ConversationSampler(_SeededSampler):
         tile_size: Tile side ``B`` of the vision tower.
         min_short_side: DIP minimum short side (the coarsest level's size).
         seed: Seed of the draws.
+        dip_rule: DIP halving rule (:func:`lrsvqa.imagery.pyramid.level_sizes`).
     """
 
     def __init__(
@@ -93,10 +94,12 @@ class ConversationSampler(_SeededSampler):
         tile_size: int,
         min_short_side: int,
         seed: int,
+        dip_rule: str = DEFAULT_DIP_RULE,
     ) -> None:
         self.conversations = conversations
         self.turns = [(i, turn) for i, c in enumerate(conversations) for turn in c.turns]
         self.tile_size, self.min_short_side = tile_size, min_short_side
+        self.dip_rule = dip_rule
         self.rng = random.Random(seed)
         self._visual = lru_cache(maxsize=256)(self._read)
 
@@ -104,12 +107,15 @@ class ConversationSampler(_SeededSampler):
         conversation = self.conversations[index]
         try:
             with PyramidReader.open(
-                conversation.image, tile_size=self.tile_size, min_short_side=self.min_short_side
+                conversation.image,
+                tile_size=self.tile_size,
+                min_short_side=self.min_short_side,
+                dip_rule=self.dip_rule,
             ) as reader:
                 tiles = reader.geometry.levels[0].tiles()
                 return VisualInput(reader.thumbnail(), list(reader.tiles(0, tiles)), tiles)
         except ImageReadError as error:
-            raise DistillDataError(f"{conversation.where}: {error}") from error
+            raise DistillDataError(conversation.where, str(error)) from error
 
     def batch(self, step: int, batch_size: int) -> list[SFTExample]:
         """``train_sft``'s sampling callback."""

@@ -28,7 +28,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from lrsvqa.imagery.pyramid import DEFAULT_MIN_SHORT_SIDE
+from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
@@ -38,7 +38,7 @@ from lrsvqa.train.batch import (
     encode_batch,
     split_encoded,
 )
-from lrsvqa.train.checkpoint import check_folder, list_checkpoints
+from lrsvqa.train.checkpoint import check_folder, list_checkpoints, resume_point
 from lrsvqa.train.data import ConversationData, load_conversations
 from lrsvqa.train.loop import (
     LoopConfig,
@@ -101,15 +101,19 @@ class TokenHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, n) for name, n in classes.items()})
 
-    def loss(self, encoded: torch.Tensor, examples: list[SFTExample]) -> torch.Tensor:
+    def loss(
+        self, adapter: LlavaAdapter, encoded: torch.Tensor, examples: list[SFTExample]
+    ) -> torch.Tensor:
         """Mean cross-entropy of every head over the labelled tile tokens of a batch.
 
         Args:
+            adapter: The model (pools the tiles as it feeds them to the LLM).
             encoded: Output of :func:`encode_batch` for ``examples``.
             examples: The batch; examples without ``token_labels`` add nothing.
         """
         tokens, labels = [], {name: [] for name in self.heads}
-        for example, (_, tiles) in zip(examples, split_encoded(encoded, examples), strict=True):
+        parts = split_encoded(adapter, encoded, examples)
+        for example, (_, tiles) in zip(examples, parts, strict=True):
             visual = example.visual
             if visual.token_labels is None:
                 continue
@@ -149,7 +153,7 @@ def sft_loss(
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
     )
-    token_loss = heads.loss(encoded, examples) if heads is not None else output.loss * 0.0
+    token_loss = heads.loss(adapter, encoded, examples) if heads is not None else output.loss * 0.0
     if grounding_layers:
         ground = grounding_loss(adapter, batch, output.hidden_states, grounding_layers)
     else:
@@ -257,7 +261,7 @@ def train_sft(
         )
 
     def vision_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = heads.loss(encode_batch(adapter, examples), examples)
+        loss = heads.loss(adapter, encode_batch(adapter, examples), examples)
         return loss, {"token_loss": loss}
 
     def main_loss(examples: list[SFTExample]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -317,6 +321,10 @@ def finetune_conversations(
     *,
     image_root: str | Path | None = None,
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE,
+    dip_rule: str = DEFAULT_DIP_RULE,
+    hr_pool: int | None = None,
+    pool_mode: str | None = None,
+    newline: bool | None = None,
     seed: int = 0,
     stop_after: int | None = None,
     resume: bool = False,
@@ -338,6 +346,11 @@ def finetune_conversations(
         config: Optimisation settings.
         image_root: Image folder (default: the JSON file's folder).
         min_short_side: DIP minimum short side (the coarsest level's size).
+        dip_rule: DIP halving rule, likewise.
+        hr_pool: Pooling stride of the high-resolution tiles (None: the checkpoint's);
+            recorded in the saved model's config (``hr_pool``), which loads pooled.
+        pool_mode: How they are pooled (None: the checkpoint's), recorded likewise.
+        newline: False trains without row-end tokens (None: the model's own).
         seed: Seed of the draws and of the run.
         stop_after: Stop at this step (checkpointed); ``resume`` continues.
         resume: Continue from the newest checkpoint in ``out_dir``.
@@ -352,21 +365,18 @@ def finetune_conversations(
     """
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS_DIR
-    existing = list_checkpoints(checkpoints)
-    if resume and not existing:
-        raise FileNotFoundError(f"{out}: no checkpoint to resume from")
-    if existing and not resume:
-        raise FileExistsError(
-            f"{out} already holds checkpoints ({existing[-1].name}); "
-            "resume from them or use another output directory"
-        )
-    if existing:
-        check_folder(existing[-1])  # before loading the model
+    start = resume_point(out, checkpoints, resume)
+    if start is not None:
+        check_folder(start)  # before loading the model
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device).with_options(
+        hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+    )
     conversations = load_conversations(data, image_root)
-    sampler = ConversationSampler(conversations, adapter.tile_size, min_short_side, seed)
+    sampler = ConversationSampler(
+        conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
+    )
     out.mkdir(parents=True, exist_ok=True)
     losses = train_sft(
         adapter,
@@ -388,6 +398,8 @@ def finetune_conversations(
         "last_loss": losses[-1] if losses else None,
     }
     if len(losses) == config.steps:
+        adapter.model.config.hr_pool = adapter.options.hr_pool
+        adapter.model.config.hr_pool_mode = adapter.options.pool_mode
         adapter.model.save_pretrained(out / MODEL_DIRNAME)
         adapter.processor.save_pretrained(out / MODEL_DIRNAME)
         report["model_dir"] = str(out / MODEL_DIRNAME)

@@ -3,7 +3,10 @@
 Wraps the ``openai`` client with what a long paid batch needs: its own retry loop
 with exponential backoff (honouring ``Retry-After``) on rate limits, server errors and
 timeouts, a per-item failure that callers record instead of crashing on, and a token
-counter for cost. The API key is held out of ``repr`` and never logged.
+counter for cost. The API key is held out of ``repr`` and never logged, and it is
+cut out of everything the server sends back (error bodies, replies) before that is
+stored or printed: a server that echoes the key cannot make it land in
+``qa.jsonl``, ``answers.jsonl`` or the terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import numpy as np
 import openai
 from PIL import Image
+
+from lrsvqa.errors import LrsvqaError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,22 @@ class ApiSettings:
 
 class RequestFailed(RuntimeError):
     """One request gave no usable reply after all retries; the item is recorded as failed."""
+
+
+class ApiConfigError(LrsvqaError):
+    """The server refuses every request (bad key, no permission, unknown model)."""
+
+
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secret: str) -> str:
+    """``text`` with every occurrence of ``secret`` replaced.
+
+    Placeholders (``EMPTY``, keys under 4 characters) are left: replacing them would
+    mangle ordinary words rather than hide a secret.
+    """
+    return text.replace(secret, REDACTED) if len(secret) >= 4 and secret != "EMPTY" else text
 
 
 @dataclass
@@ -157,9 +178,10 @@ class ChatClient:
         Raises:
             RequestFailed: After ``max_retries`` retryable failures, or on another
                 per-request error (e.g. 400 for an oversized image).
-            openai.AuthenticationError: Bad key (likewise permission / not found).
+            ApiConfigError: Bad key, no permission or unknown model (key redacted).
         """
         settings = self.settings
+        key = settings.api_key
         attempt = 0
         while True:
             try:
@@ -173,11 +195,16 @@ class ChatClient:
                 openai.AuthenticationError,
                 openai.PermissionDeniedError,
                 openai.NotFoundError,
-            ):
-                raise
+            ) as err:
+                # from None: the chained original would print the server's text unredacted.
+                raise ApiConfigError(
+                    settings.base_url, f"{type(err).__name__}: {redact(str(err), key)}"
+                ) from None
             except openai.OpenAIError as err:
                 if not _retryable(err):
-                    raise RequestFailed(f"request rejected: {type(err).__name__}: {err}") from err
+                    raise RequestFailed(
+                        f"request rejected: {type(err).__name__}: {redact(str(err), key)}"
+                    ) from None
                 if attempt == settings.max_retries:
                     raise RequestFailed(
                         f"gave up after {attempt + 1} tries: {type(err).__name__}"
@@ -202,4 +229,4 @@ class ChatClient:
         self.usage.add(prompt, completion_tokens)
         choices = completion.choices or []
         text = (choices[0].message.content if choices else None) or ""
-        return Reply(text, prompt, completion_tokens)
+        return Reply(redact(text, self.settings.api_key), prompt, completion_tokens)

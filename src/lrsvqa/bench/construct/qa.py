@@ -232,7 +232,7 @@ def run_qa(
         max_answer_words: Longest accepted answer, in words.
 
     Raises:
-        openai.AuthenticationError: And the other configuration errors, stopping the
+        ApiConfigError: Bad key and the other configuration errors, stopping the
             run; results already received are kept.
     """
     pending, skipped, missing = _pending_targets(out_dir)
