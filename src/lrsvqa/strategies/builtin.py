@@ -29,6 +29,7 @@ from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
@@ -73,6 +74,8 @@ def shared_adapter(
 ) -> LlavaAdapter:
     """The process-wide model for ``(path, dtype, device)``, loaded on first use.
 
+    The adapter is chosen by the checkpoint's model type (:func:`load_adapter`).
+
     With token options (:meth:`LlavaAdapter.with_options`; None keeps the checkpoint's)
     it returns a view sharing the weights, kept for the process like the model, so
     strategies asking for the same options share it (and its RFM).
@@ -80,7 +83,7 @@ def shared_adapter(
     key = (_path_key(model_path), str(dtype), str(device))
     with _LOCK:
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = LlavaAdapter.from_pretrained(model_path, dtype=dtype, device=device)
+            _ADAPTERS[key] = load_adapter(model_path, dtype=dtype, device=device)
         view_key = (*key, hr_pool, pool_mode, newline)
         if view_key not in _VIEWS:
             _VIEWS[view_key] = _ADAPTERS[key].with_options(

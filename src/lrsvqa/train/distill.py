@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.rfm import (
     SELECTED_STRUCTURE,
     RegionFocusModule,
@@ -261,9 +262,7 @@ def _accelerator(config: DistillConfig) -> Accelerator:
 def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> LlavaAdapter:
     """Load (or take) the model, move it to the device and freeze it."""
     adapter = (
-        model
-        if isinstance(model, LlavaAdapter)
-        else LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+        load_adapter(model, dtype=dtype, device=device) if isinstance(model, str | Path) else model
     )
     adapter.model.to(device)
     adapter.model.requires_grad_(False)
@@ -272,7 +271,7 @@ def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> Llava
 
 
 def _base_model_name(model: LlavaAdapter | str | Path) -> str:
-    if isinstance(model, LlavaAdapter):
+    if not isinstance(model, str | Path):
         return str(getattr(model.model, "name_or_path", "") or "")
     return str(model)
 

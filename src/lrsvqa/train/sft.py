@@ -30,6 +30,7 @@ from torch import nn
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
     EmbeddedBatch,
@@ -370,7 +371,7 @@ def finetune_conversations(
         check_folder(start)  # before loading the model
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device).with_options(
+    adapter = load_adapter(model, dtype=dtype, device=device).with_options(
         hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
     )
     conversations = load_conversations(data, image_root)
