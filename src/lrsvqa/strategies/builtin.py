@@ -54,7 +54,10 @@ from lrsvqa.strategies.visionzip import visionzip_crops
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
 _VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
-_RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
+# RFMs per adapter object (not per ``id()``: a freed adapter's id can be reused by the next).
+_RFMS: weakref.WeakKeyDictionary[LlavaAdapter, dict[tuple[Any, ...], RegionFocusModule]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _path_key(path: str | Path) -> str:
@@ -113,14 +116,15 @@ def shared_rfm(
 ) -> RegionFocusModule:
     """The RFM of ``adapter``: trained (``rfm_path``) or training-free on ``rfm_layers``."""
     source = _path_key(rfm_path) if rfm_path is not None else None
-    key = (id(adapter), source, tuple(rfm_layers) if rfm_layers else None)
+    key = (source, tuple(rfm_layers) if rfm_layers else None)
     with _LOCK:
-        if key not in _RFMS:
+        rfms = _RFMS.setdefault(adapter, {})
+        if key not in rfms:
             if rfm_path is not None:
-                _RFMS[key] = RegionFocusModule.load(rfm_path, adapter)
+                rfms[key] = RegionFocusModule.load(rfm_path, adapter)
             else:
-                _RFMS[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
-        return _RFMS[key]
+                rfms[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
+        return rfms[key]
 
 
 # ---------------------------------------------------------------------- prepared images
