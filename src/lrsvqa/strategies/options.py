@@ -112,6 +112,18 @@ class PDropOptions(GridOptions):
 
 
 @dataclass(frozen=True)
+class NativeOptions:
+    """``native``: a Qwen-VL model's own dynamic resolution under a pixel budget."""
+
+    max_pixels: int = option(budgets.NATIVE_MAX_PIXELS, "Pixel budget of the resized image.")
+    min_pixels: int = option(budgets.NATIVE_MIN_PIXELS, "Smallest area it is resized to.")
+
+    def __post_init__(self) -> None:
+        _at_least("min_pixels", self.min_pixels, 1)
+        _at_least("max_pixels", self.max_pixels, self.min_pixels)
+
+
+@dataclass(frozen=True)
 class RFMOptions:
     """What both coarse-to-fine strategies take: the RFM and the retain ratio."""
 

@@ -353,8 +353,11 @@ def evaluate_agreement(
             batch.query_positions,
             batch.attention_mask,
             [m for _, m in pairs],
+            batch.position_ids,
         )
-        rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+        rows = student(
+            batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+        )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, weights
         )
@@ -429,8 +432,11 @@ def _distill_phase(
                 batch.query_positions,
                 batch.attention_mask,
                 llm_layers,
+                batch.position_ids,
             )
-            rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+            rows = student(
+                batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+            )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, config.weights
         )

@@ -78,7 +78,12 @@ def grounding_loss(
     if not grounded or not layers:
         return batch.inputs_embeds.sum() * 0.0
     rows = rows_from_hidden_states(
-        adapter, hidden_states, batch.query_positions, batch.attention_mask, layers
+        adapter,
+        hidden_states,
+        batch.query_positions,
+        batch.attention_mask,
+        layers,
+        batch.position_ids,
     )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
@@ -150,6 +155,7 @@ def sft_loss(
     output = adapter.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
         labels=batch.labels,
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
