@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.placement import DEFAULT_DTYPE
 from lrsvqa.models.rfm import (
     SELECTED_STRUCTURE,
     RegionFocusModule,
@@ -92,7 +93,9 @@ class DistillConfig:
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast. One process can
             only use one setting (accelerate's state is process-wide).
         cpu: Force CPU; needed for multi-process CPU runs (gloo) under ``torchrun``.
-        model_dtype: Dtype to load a model path in (the RFM always trains in float32).
+        model_dtype: Dtype to load a model path in (the RFM always trains in float32);
+            ``auto``: the checkpoint's on a GPU, float32 on the CPU.
+        attn_implementation: Attention kernel of the frozen model (None: transformers').
         min_short_side: DIP minimum short side; fixes which level is "level 1".
         dip_rule: DIP halving rule (``"official"`` or ``"paper-text"``), likewise.
         hr_pool: Pooling stride of the high-resolution tiles (None: the model's config;
@@ -131,7 +134,8 @@ class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     mixed_precision: str = "no"
     cpu: bool = False
-    model_dtype: str = "float32"
+    model_dtype: str = DEFAULT_DTYPE
+    attn_implementation: str | None = None
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
     dip_rule: str = DEFAULT_DIP_RULE
     hr_pool: int | None = None
@@ -258,12 +262,16 @@ def _accelerator(config: DistillConfig) -> Accelerator:
     return accelerator
 
 
-def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> LlavaAdapter:
+def _load_adapter(
+    model: LlavaAdapter | str | Path, dtype: str, device, attn_implementation: str | None = None
+) -> LlavaAdapter:
     """Load (or take) the model, move it to the device and freeze it."""
     adapter = (
         model
         if isinstance(model, LlavaAdapter)
-        else LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+        else LlavaAdapter.from_pretrained(
+            model, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
     )
     adapter.model.to(device)
     adapter.model.requires_grad_(False)
@@ -458,7 +466,9 @@ def distill(config: DistillConfig) -> DistillReport:
     out_dir = Path(config.out_dir)
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
+    adapter = _load_adapter(
+        config.model, config.model_dtype, accelerator.device, config.attn_implementation
+    ).with_options(
         hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
     )
     rfm, pairs = _initial_rfm(adapter, config)
