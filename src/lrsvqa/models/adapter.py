@@ -37,13 +37,7 @@ from transformers import (
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
 from lrsvqa.errors import LrsvqaError, ModelLoadError
 from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
-from lrsvqa.models.placement import (
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    checkpoint_dtype,
-    resolve_device,
-    resolve_dtype,
-)
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
 POOL_MODES = ("bilinear", "average", "max")
@@ -181,11 +175,6 @@ class LlavaAdapter:
         Raises:
             ModelLoadError: Naming the folder, hub id or weight file at fault.
         """
-        kwargs: dict[str, Any] = {}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        if device_map is not None:
-            kwargs["device_map"] = device_map
         location = resolve_checkpoint(path)
         if Path(location).is_dir():
             check_weight_files(Path(location))
@@ -194,11 +183,7 @@ class LlavaAdapter:
             config = AutoConfig.from_pretrained(location, trust_remote_code=False)
             processor = AutoProcessor.from_pretrained(location, trust_remote_code=False)
             model = AutoModelForImageTextToText.from_pretrained(
-                location,
-                config=config,
-                dtype=resolve_dtype(dtype, target, checkpoint_dtype(config)),
-                trust_remote_code=False,
-                **kwargs,
+                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
             )
         except LrsvqaError:
             raise

@@ -91,3 +91,27 @@ def resolve_dtype(
     if (device or resolve_device()).type == "cpu":
         return torch.float32
     return stated or getattr(torch, GPU_DTYPE)
+
+
+def load_kwargs(
+    config: Any,
+    dtype: str | torch.dtype,
+    device: torch.device,
+    attn_implementation: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of ``from_pretrained`` for a checkpoint of ``config`` on ``device``.
+
+    Raises:
+        OptionError: An unknown dtype name.
+    """
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "dtype": resolve_dtype(dtype, device, checkpoint_dtype(config)),
+        "trust_remote_code": False,
+    }
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs

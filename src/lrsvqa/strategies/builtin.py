@@ -29,6 +29,7 @@ from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device
 from lrsvqa.models.rfm import RegionFocusModule
@@ -88,6 +89,8 @@ def shared_adapter(
 ) -> LlavaAdapter:
     """The process-wide model for ``(path, dtype, device, ...)``, loaded on first use.
 
+    The adapter is chosen by the checkpoint's model type (:func:`load_adapter`).
+
     With token options (:meth:`LlavaAdapter.with_options`; None keeps the checkpoint's)
     it returns a view sharing the weights, kept for the process like the model, so
     strategies asking for the same options share it (and its RFM).
@@ -95,7 +98,7 @@ def shared_adapter(
     key = _adapter_key(model_path, dtype, device, attn_implementation, device_map)
     with _LOCK:
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = LlavaAdapter.from_pretrained(
+            _ADAPTERS[key] = load_adapter(
                 model_path,
                 dtype=dtype,
                 device=device,

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.placement import DEFAULT_DTYPE
 from lrsvqa.models.rfm import (
     SELECTED_STRUCTURE,
@@ -267,11 +268,9 @@ def _load_adapter(
 ) -> LlavaAdapter:
     """Load (or take) the model, move it to the device and freeze it."""
     adapter = (
-        model
-        if isinstance(model, LlavaAdapter)
-        else LlavaAdapter.from_pretrained(
-            model, dtype=dtype, device=device, attn_implementation=attn_implementation
-        )
+        load_adapter(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        if isinstance(model, str | Path)
+        else model
     )
     adapter.model.to(device)
     adapter.model.requires_grad_(False)
@@ -280,7 +279,7 @@ def _load_adapter(
 
 
 def _base_model_name(model: LlavaAdapter | str | Path) -> str:
-    if isinstance(model, LlavaAdapter):
+    if not isinstance(model, str | Path):
         return str(getattr(model.model, "name_or_path", "") or "")
     return str(model)
 

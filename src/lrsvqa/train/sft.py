@@ -30,6 +30,7 @@ from torch import nn
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
@@ -375,7 +376,7 @@ def finetune_conversations(
     if start is not None:
         check_folder(start)  # before loading the model
     torch.manual_seed(seed)
-    adapter = LlavaAdapter.from_pretrained(
+    adapter = load_adapter(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation
     ).with_options(
         hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
