@@ -398,9 +398,18 @@ class LlavaAdapter:
     # ------------------------------------------------------------------ LLM
     @torch.no_grad()
     def generate(
-        self, inputs_embeds: torch.Tensor, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        position_ids: torch.Tensor | None = None,
     ) -> str:
-        """Greedy generation from assembled embeddings; returns the decoded new text."""
+        """Greedy generation from assembled embeddings; returns the decoded new text.
+
+        ``position_ids`` is accepted for the adapter interface and must be None: LLaVA's
+        positions are the sequence index.
+        """
+        if position_ids is not None:
+            raise ValueError("LLaVA models take no explicit position ids")
         attention_mask = torch.ones(
             inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device
         )
