@@ -141,7 +141,7 @@ def shared_rfm(
     with _LOCK:
         if key not in _RFMS:
             if rfm_path is not None:
-                _RFMS[key] = RegionFocusModule.load(rfm_path, adapter)
+                _RFMS[key] = RegionFocusModule.from_pretrained(rfm_path, adapter=adapter)
             else:
                 _RFMS[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
         return _RFMS[key]
