@@ -453,9 +453,13 @@ def distill(config: DistillConfig) -> DistillReport:
 
     Raises:
         CheckpointError: The checkpoint to resume from holds a pickle-format file or
-            is not one this module wrote.
+            is not one this module wrote, there is none to resume from, or a fresh run
+            would overwrite existing checkpoints (checked before the model loads).
     """
     out_dir = Path(config.out_dir)
+    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
+    if resume_from is not None:
+        check_folder(resume_from)  # fail before loading the model, and unpickle nothing
     accelerator = _accelerator(config)
     set_seed(config.seed)
     adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
@@ -464,9 +468,6 @@ def distill(config: DistillConfig) -> DistillReport:
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
     dataset, eval_dataset = _datasets(adapter, config)
-    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
-    if resume_from is not None:
-        check_folder(resume_from)  # fail before the agreement measurement, not after
     before = None
     if eval_dataset is not None and accelerator.is_main_process:
         before = evaluate_agreement(

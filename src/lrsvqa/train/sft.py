@@ -359,9 +359,8 @@ def finetune_conversations(
 
     Raises:
         DistillDataError: Bad conversations (named by file and item).
-        FileExistsError: Checkpoints exist and ``resume`` is off.
-        FileNotFoundError: ``resume`` without a checkpoint.
-        CheckpointError: The checkpoint holds a pickle-format file or is not ours.
+        CheckpointError: Checkpoints exist and ``resume`` is off, ``resume`` without a
+            checkpoint, or the checkpoint holds a pickle-format file or is not ours.
     """
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS_DIR
