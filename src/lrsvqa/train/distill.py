@@ -291,8 +291,18 @@ def _initial_rfm(
     return rfm, pairs
 
 
+def _conversations(config: DistillConfig) -> tuple[list[Conversation], list[Conversation]]:
+    """Training and held-out dialogues, read and checked before the model loads."""
+    train = load_conversations(config.data, config.image_root)
+    if config.eval_size == 0 or config.eval_data is None:
+        return train, train
+    return train, load_conversations(config.eval_data, config.image_root)
+
+
 def _datasets(
-    adapter: LlavaAdapter, config: DistillConfig
+    adapter: LlavaAdapter,
+    config: DistillConfig,
+    conversations: tuple[list[Conversation], list[Conversation]],
 ) -> tuple[ConversationDataset, ConversationDataset | None]:
     """Training set and the agreement set (held-out, or the first training dialogues).
 
@@ -309,14 +319,9 @@ def _datasets(
             config.dip_rule,
         )
 
-    train = load_conversations(config.data, config.image_root)
+    train, held_out = conversations
     if config.eval_size == 0:
         return dataset(train), None
-    held_out = (
-        train
-        if config.eval_data is None
-        else load_conversations(config.eval_data, config.image_root)
-    )
     return dataset(train), dataset(held_out[: config.eval_size])
 
 
@@ -460,6 +465,7 @@ def distill(config: DistillConfig) -> DistillReport:
     resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
     if resume_from is not None:
         check_folder(resume_from)  # fail before loading the model, and unpickle nothing
+    conversations = _conversations(config)  # bad data, too, fails before the model loads
     accelerator = _accelerator(config)
     set_seed(config.seed)
     adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
@@ -467,7 +473,7 @@ def distill(config: DistillConfig) -> DistillReport:
     )
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
-    dataset, eval_dataset = _datasets(adapter, config)
+    dataset, eval_dataset = _datasets(adapter, config, conversations)
     before = None
     if eval_dataset is not None and accelerator.is_main_process:
         before = evaluate_agreement(

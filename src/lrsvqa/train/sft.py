@@ -367,12 +367,12 @@ def finetune_conversations(
     start = resume_point(out, checkpoints, resume)
     if start is not None:
         check_folder(start)  # before loading the model
+    conversations = load_conversations(data, image_root)  # bad data fails before it, too
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     adapter = LlavaAdapter.from_pretrained(model, dtype=dtype, device=device).with_options(
         hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
     )
-    conversations = load_conversations(data, image_root)
     sampler = ConversationSampler(
         conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
     )
