@@ -22,6 +22,7 @@ from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TI
 from lrsvqa.errors import LrsvqaError, OptionError
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES, PyramidConfig
 from lrsvqa.imagery.tiles import MAX_TILE_SIZE
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -34,6 +35,10 @@ _HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; defa
 _POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
 _NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
 _BANDS_HELP = "Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
+_DEVICE_HELP = "Torch device, e.g. cuda:1; auto: CUDA, then MPS, then the CPU."
+_DTYPE_HELP = "float32, bfloat16 or float16; auto: the checkpoint's on a GPU, float32 on CPU."
+_ATTN_HELP = "Attention kernel: sdpa, eager, flash_attention_2, ... (default: transformers')."
+_DEVICE_MAP_HELP = "transformers device_map, e.g. auto: spread over the GPUs (then no --device)."
 
 DEBUG_ENV = "LRSVQA_DEBUG"
 #: Exit status of an error in the user's input (as for bad usage).
@@ -68,11 +73,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the release (and commit) and stop before any command."""
+    if value:
+        from lrsvqa.version import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     debug: bool = typer.Option(
         False, "--debug", help=f"Show tracebacks of input errors too (or set {DEBUG_ENV}=1)."
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the lrsvqa version (and git commit) and exit.",
     ),
 ) -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
@@ -122,8 +143,10 @@ def ask(
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=_DTYPE_HELP),
+    device: str = typer.Option(DEFAULT_DEVICE, help=_DEVICE_HELP),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
+    device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     overlay: Path | None = typer.Option(None, help="Write a PNG of attention + selected tiles."),
     json_out: bool = typer.Option(False, "--json", help="Print the trace as JSON."),
     geojson: Path | None = typer.Option(
@@ -153,6 +176,8 @@ def ask(
         rfm_layers=_int_list(rfm_layers),
         dtype=dtype,
         device=device,
+        attn_implementation=attn_implementation,
+        device_map=device_map,
         hr_pool=hr_pool,
         pool_mode=_pool_mode(hr_pool_mode),
         newline=False if no_newline else None,
@@ -223,8 +248,12 @@ def eval_command(
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
     rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
-    device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
-    dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    device: str | None = typer.Option(
+        None, help=f"{_DEVICE_HELP} Launched: cuda:LOCAL_RANK. [default: {DEFAULT_DEVICE}]"
+    ),
+    dtype: str | None = typer.Option(None, help=f"{_DTYPE_HELP} [default: {DEFAULT_DTYPE}]"),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
+    device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
@@ -272,7 +301,8 @@ def eval_command(
         raise typer.BadParameter("give both --rank and --world-size, or neither")
     # The one place CLI flags are mapped to option names.
     options: dict[str, object] = {"model_path": model, "rfm_path": rfm}
-    options |= {"device": device, "dtype": dtype}
+    options |= {"device": device, "dtype": dtype, "device_map": device_map}
+    options |= {"attn_implementation": attn_implementation}
     options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
     options |= {"newline": False if no_newline else None}
     # As --strategy-option bands=4,3,2 would give it, so both name the same output.
@@ -676,7 +706,8 @@ def distill(
     lambda_kl: float = typer.Option(1.0, help="Weight of the KL terms."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
-    dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=f"Frozen model: {_DTYPE_HELP}"),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
     min_short_side: int = typer.Option(
         PyramidConfig.min_short_side, min=1, help="DIP: bound of the coarsest level, px."
     ),
@@ -697,6 +728,7 @@ def distill(
 
     Multi-GPU / multi-node: accelerate launch [--multi_gpu | --config_file ...] "$(which lrsvqa)"
     distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
+    The device is accelerate's (CUDA, then MPS, then the CPU; --cpu forces the CPU).
 
     Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
     --rfm-layers 1,5,11,14 --pairs 0:0,4:14 --steps 2000 --grad-accum 8 --bf16
@@ -728,6 +760,7 @@ def distill(
         mixed_precision="bf16" if bf16 else "no",
         cpu=cpu,
         model_dtype=dtype,
+        attn_implementation=attn_implementation,
         min_short_side=min_short_side,
         dip_rule=dip_rule.value,
         hr_pool=hr_pool,
@@ -763,7 +796,9 @@ def sft(
     save_every: int = typer.Option(200, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
-    dtype: str = typer.Option("float32", help="Dtype of the model."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=_DTYPE_HELP),
+    device: str = typer.Option(DEFAULT_DEVICE, help=_DEVICE_HELP),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
     min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
@@ -807,6 +842,8 @@ def sft(
         stop_after=stop_after,
         resume=resume,
         dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
     )
     typer.echo(json.dumps(report, indent=2))
 

@@ -77,7 +77,7 @@ class DefaultModelConfig:
     objects' (off: in our runs the LLM then gave one colour to most colour questions). Without
     them the tiny LLM's attention hardly follows the question, so neither the RFM nor
     coarse-to-fine has anything to find; with them it finds objects (or their sites) of
-    8 px or more at a level (README, "Results"), at about twice the build time. The rest
+    8 px or more at a level (docs/results/), at about twice the build time. The rest
     is the recipe that first read colour and category from the target's tile in our
     runs: fresh objects, token heads, colour and category questions weighted up, and a
     learning rate of 5e-4 (at 2e-3 the LLM never learned to look at the object's colour).

@@ -7,9 +7,26 @@ inference builds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class VisionSegment:
+    """Vision tokens of one grid (the thumbnail, or one DIP level) as the LLM sees them.
+
+    Models with 2-D positions (Qwen-VL's M-RoPE) place each token by its cell; models
+    with 1-D positions (LLaVA) ignore segments.
+
+    Attributes:
+        positions: (m, 2) ``(row, col)`` cells of the tokens present, in sequence order.
+        grid: ``(rows, cols)`` of the whole grid, present or pruned.
+    """
+
+    positions: np.ndarray
+    grid: tuple[int, int]
 
 
 def tile_token_positions(tiles: list[tuple[int, int]], tokens_per_side: int) -> np.ndarray:

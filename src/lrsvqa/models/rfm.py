@@ -13,7 +13,8 @@ LLM's layer 1 reads, not raw embeddings: LLM layers [0, 1, 5, 11, 14] for the pa
 the structure was recorded have it and still load as saved.
 
 Training-free mode (beyond the paper) uses the selected LLM layers themselves, so
-any LLaVA checkpoint works without a distilled RFM.
+any LLaVA or Qwen-VL checkpoint works without a distilled RFM. On Qwen-VL the
+rotary embedding is the LLM's M-RoPE, fed the positions the adapter gives the sequence.
 """
 
 from __future__ import annotations
@@ -189,26 +190,39 @@ class RegionFocusModule(nn.Module):
         return self.rfm_config.num_attention_heads
 
     def prepare(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        """Position ids, rotary embeddings and causal mask for a batch of embeddings."""
+        """Sequence positions, rotary embeddings and causal mask for a batch of embeddings.
+
+        Args:
+            inputs_embeds: (batch, n, hidden).
+            attention_mask: Optional (batch, n) padding mask.
+            position_ids: Rotary positions where they are not the sequence index:
+                Qwen-VL's M-RoPE ``(3, batch, n)``. The causal mask always follows the
+                sequence order.
+        """
         batch, n, _ = inputs_embeds.shape
-        position_ids = torch.arange(n, device=inputs_embeds.device)[None].expand(batch, -1)
-        position_embeddings = self._rotary_emb[0](inputs_embeds, position_ids)
+        order = torch.arange(n, device=inputs_embeds.device)[None].expand(batch, -1)
+        rope = order if position_ids is None else position_ids
+        position_embeddings = self._rotary_emb[0](inputs_embeds, rope)
         mask = create_causal_mask(
             config=self._text_config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             cache=None,
-            position_ids=position_ids,
+            position_ids=order,
         )
-        return position_ids, position_embeddings, mask
+        return order, position_embeddings, mask
 
     def layer_inputs(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         upto: int | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Hidden states entering RFM layers ``0..upto`` (default: all R layers).
 
@@ -216,14 +230,14 @@ class RegionFocusModule(nn.Module):
         contributes only its attention rows, which need only its input.
         """
         upto = len(self.layers) - 1 if upto is None else upto
-        position_ids, position_embeddings, mask = self.prepare(inputs_embeds, attention_mask)
+        order, position_embeddings, mask = self.prepare(inputs_embeds, attention_mask, position_ids)
         hidden = inputs_embeds
         inputs = [hidden]
         for layer in self.layers[:upto]:
             output = layer(
                 hidden,
                 attention_mask=mask,
-                position_ids=position_ids,
+                position_ids=order,
                 position_embeddings=position_embeddings,
             )
             hidden = output[0] if isinstance(output, tuple) else output
@@ -236,6 +250,7 @@ class RegionFocusModule(nn.Module):
         query_positions: torch.Tensor,
         layers: list[int] | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
         """Per-head attention rows (batch, heads, j, n) of the queries at RFM layers.
 
@@ -244,10 +259,12 @@ class RegionFocusModule(nn.Module):
             query_positions: (batch, j) query indices, e.g. the last text token of each turn.
             layers: RFM layer indices to report (default: the last one).
             attention_mask: Optional (batch, n) padding mask, 1 for real tokens.
+            position_ids: M-RoPE positions ``(3, batch, n)`` of a Qwen-VL sequence
+                (None: the sequence index, as LLaVA).
         """
         layers = [len(self.layers) - 1] if layers is None else layers
         inputs, position_embeddings = self.layer_inputs(
-            inputs_embeds, attention_mask, upto=max(layers)
+            inputs_embeds, attention_mask, upto=max(layers), position_ids=position_ids
         )
         key_mask = attention_mask.bool() if attention_mask is not None else None
         return {
@@ -258,18 +275,25 @@ class RegionFocusModule(nn.Module):
         }
 
     @torch.no_grad()
-    def vision_scores(self, inputs_embeds: torch.Tensor, vision_slice: slice) -> torch.Tensor:
+    def vision_scores(
+        self,
+        inputs_embeds: torch.Tensor,
+        vision_slice: slice,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Head-averaged attention of the last token over the vision tokens (last RFM layer).
 
         Args:
             inputs_embeds: (1, n, hidden) embedded sequence ending with the question.
             vision_slice: Where the vision tokens sit in the sequence.
+            position_ids: M-RoPE positions of a Qwen-VL sequence (None for LLaVA).
 
         Returns:
             Float32 tensor of one score per vision token.
         """
         last = torch.tensor([[inputs_embeds.shape[1] - 1]], device=inputs_embeds.device)
-        rows = self.attention_rows(inputs_embeds, last)[len(self.layers) - 1]
+        rows = self.attention_rows(inputs_embeds, last, position_ids=position_ids)
+        rows = rows[len(self.layers) - 1]
         return rows[0, :, 0, vision_slice].mean(dim=0)
 
     # ------------------------------------------------------------------ persistence

@@ -29,7 +29,9 @@ from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
 from lrsvqa.strategies import counters
@@ -51,7 +53,7 @@ from lrsvqa.strategies.registry import ModelOptions, NoOptions, register_strateg
 from lrsvqa.strategies.visionzip import visionzip_crops
 
 _LOCK = threading.Lock()
-_ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
+_ADAPTERS: dict[tuple[str, ...], LlavaAdapter] = {}
 _VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
 _RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
 
@@ -62,25 +64,47 @@ def _path_key(path: str | Path) -> str:
     return str(local.resolve()) if local.exists() else str(path)
 
 
+def _adapter_key(
+    model_path: str | Path,
+    dtype: str,
+    device: str,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
+) -> tuple[str, ...]:
+    """Which loaded model a request shares: ``auto`` and the device it picks are one."""
+    where = str(device_map) if device_map is not None else str(resolve_device(device))
+    return (_path_key(model_path), str(dtype), where, str(attn_implementation))
+
+
 def shared_adapter(
     model_path: str | Path,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
     *,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
     hr_pool: int | None = None,
     pool_mode: str | None = None,
     newline: bool | None = None,
 ) -> LlavaAdapter:
-    """The process-wide model for ``(path, dtype, device)``, loaded on first use.
+    """The process-wide model for ``(path, dtype, device, ...)``, loaded on first use.
+
+    The adapter is chosen by the checkpoint's model type (:func:`load_adapter`).
 
     With token options (:meth:`LlavaAdapter.with_options`; None keeps the checkpoint's)
     it returns a view sharing the weights, kept for the process like the model, so
     strategies asking for the same options share it (and its RFM).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device, attn_implementation, device_map)
     with _LOCK:
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = LlavaAdapter.from_pretrained(model_path, dtype=dtype, device=device)
+            _ADAPTERS[key] = load_adapter(
+                model_path,
+                dtype=dtype,
+                device=device,
+                attn_implementation=attn_implementation,
+                device_map=device_map,
+            )
         view_key = (*key, hr_pool, pool_mode, newline)
         if view_key not in _VIEWS:
             _VIEWS[view_key] = _ADAPTERS[key].with_options(
@@ -90,16 +114,19 @@ def shared_adapter(
 
 
 def share_adapter(
-    model_path: str | Path, adapter: LlavaAdapter, dtype: str = "float32", device: str = "cpu"
+    model_path: str | Path,
+    adapter: LlavaAdapter,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
 ) -> None:
     """Make an already built model the one strategies get for ``(model_path, dtype, device)``.
 
     For models that exist only in memory (benchmarks on random weights of a real size).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device)
     with _LOCK:
         _ADAPTERS[key] = adapter
-        for view_key in [k for k in _VIEWS if k[:3] == key]:
+        for view_key in [k for k in _VIEWS if k[: len(key)] == key]:
             del _VIEWS[view_key]
 
 
@@ -532,6 +559,8 @@ def _adapter(model: ModelOptions) -> LlavaAdapter:
         model.model_path,
         model.dtype,
         model.device,
+        attn_implementation=model.attn_implementation,
+        device_map=model.device_map,
         hr_pool=model.hr_pool,
         pool_mode=model.hr_pool_mode,
         newline=model.newline,

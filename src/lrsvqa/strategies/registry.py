@@ -30,6 +30,7 @@ from typing import Any
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
 from lrsvqa.flops import ModelDims, TokenCount
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.strategies.base import Strategy
 
 
@@ -43,8 +44,12 @@ class ModelOptions:
     """How to load the model, shared by every strategy (``lrsvqa eval --model ...``)."""
 
     model_path: str | None = option(None, "LLaVA checkpoint folder or hub id (--model).")
-    device: str = option("cpu", "Torch device, e.g. cuda:1 (--device).")
-    dtype: str = option("float32", "Model dtype, e.g. float16 (--dtype).")
+    device: str = option(DEFAULT_DEVICE, "Torch device, e.g. cuda:1; auto: CUDA, MPS, CPU.")
+    dtype: str = option(DEFAULT_DTYPE, "Model dtype, e.g. float16; auto: the checkpoint's on GPU.")
+    attn_implementation: str | None = option(
+        None, "sdpa, eager, flash_attention_2, ... (none: transformers' choice)."
+    )
+    device_map: str | None = option(None, "transformers device_map, e.g. auto (then no device).")
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Generation budget.")
     hr_pool: int | None = option(
         None, "Pool each high-res tile's tokens by this stride (2 = the paper's; none: config)."

@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader
 
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.auto import load_adapter
+from lrsvqa.models.placement import DEFAULT_DTYPE
 from lrsvqa.models.rfm import (
     SELECTED_STRUCTURE,
     RegionFocusModule,
@@ -92,7 +94,9 @@ class DistillConfig:
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast. One process can
             only use one setting (accelerate's state is process-wide).
         cpu: Force CPU; needed for multi-process CPU runs (gloo) under ``torchrun``.
-        model_dtype: Dtype to load a model path in (the RFM always trains in float32).
+        model_dtype: Dtype to load a model path in (the RFM always trains in float32);
+            ``auto``: the checkpoint's on a GPU, float32 on the CPU.
+        attn_implementation: Attention kernel of the frozen model (None: transformers').
         min_short_side: DIP minimum short side; fixes which level is "level 1".
         dip_rule: DIP halving rule (``"official"`` or ``"paper-text"``), likewise.
         hr_pool: Pooling stride of the high-resolution tiles (None: the model's config;
@@ -131,7 +135,8 @@ class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     mixed_precision: str = "no"
     cpu: bool = False
-    model_dtype: str = "float32"
+    model_dtype: str = DEFAULT_DTYPE
+    attn_implementation: str | None = None
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
     dip_rule: str = DEFAULT_DIP_RULE
     hr_pool: int | None = None
@@ -258,12 +263,14 @@ def _accelerator(config: DistillConfig) -> Accelerator:
     return accelerator
 
 
-def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> LlavaAdapter:
+def _load_adapter(
+    model: LlavaAdapter | str | Path, dtype: str, device, attn_implementation: str | None = None
+) -> LlavaAdapter:
     """Load (or take) the model, move it to the device and freeze it."""
     adapter = (
-        model
-        if isinstance(model, LlavaAdapter)
-        else LlavaAdapter.from_pretrained(model, dtype=dtype, device=device)
+        load_adapter(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        if isinstance(model, str | Path)
+        else model
     )
     adapter.model.to(device)
     adapter.model.requires_grad_(False)
@@ -272,7 +279,7 @@ def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> Llava
 
 
 def _base_model_name(model: LlavaAdapter | str | Path) -> str:
-    if isinstance(model, LlavaAdapter):
+    if not isinstance(model, str | Path):
         return str(getattr(model.model, "name_or_path", "") or "")
     return str(model)
 
@@ -468,7 +475,9 @@ def distill(config: DistillConfig) -> DistillReport:
     conversations = _conversations(config)  # bad data, too, fails before the model loads
     accelerator = _accelerator(config)
     set_seed(config.seed)
-    adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
+    adapter = _load_adapter(
+        config.model, config.model_dtype, accelerator.device, config.attn_implementation
+    ).with_options(
         hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
     )
     rfm, pairs = _initial_rfm(adapter, config)

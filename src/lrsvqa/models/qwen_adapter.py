@@ -1,0 +1,476 @@
+"""The adapter interface of :class:`LlavaAdapter` over stock Qwen-VL models.
+
+``QwenVLAdapter`` gives coarse-to-fine inference, the RFM and distillation the same
+seams on ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration``
+(public modules of unmodified ``transformers`` only):
+
+* DIP tiles of ``tile_size`` px (default 448), a multiple of the vision tower's
+  ``patch_size * spatial_merge_size`` (28): a 448 px tile becomes 32 x 32 patches merged
+  into 16 x 16 LLM tokens, exactly as the model's own processor turns a 448 x 448 image;
+* the chat template split around ``<|image_pad|>``;
+* generation from ``inputs_embeds`` with explicit M-RoPE ``position_ids``.
+
+Positions that survive pruning (the design choice, see :meth:`QwenVLAdapter.position_ids`):
+the vision part of a sequence is made of *segments* (the thumbnail; the tokens of one
+DIP level). Each segment is placed as Qwen-VL places one image: it starts at the
+position after the text before it, its token at grid cell ``(row, col)`` gets
+``(t, h, w) = (s, s + row, s + col)``, and what follows starts at
+``s + max(rows, cols)`` of the segment's *whole* grid. The grid of a level is the
+level's global token grid, so a retained token keeps the position it has when every
+token of the level is present, and pruning leaves holes instead of shifting positions.
+With one segment holding every token of one tile this is exactly
+``Qwen2VLModel.get_rope_index`` on that image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BatchFeature,
+    PreTrainedModel,
+)
+
+from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
+from lrsvqa.errors import LrsvqaError, ModelLoadError
+from lrsvqa.models.adapter import PromptParts, VisionTokenOptions
+from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
+from lrsvqa.models.layout import VisionSegment
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
+
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+IMAGE_TOKEN = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class QwenVLOptions:
+    """How DIP tiles are cut for a Qwen-VL model.
+
+    Attributes:
+        tile_size: Side of a DIP tile and of the thumbnail, px; a multiple of the vision
+            tower's ``patch_size * spatial_merge_size`` (448 = 16 x 16 merged tokens).
+    """
+
+    tile_size: int = 448
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
+
+
+class QwenVLProcessing:
+    """Tokenizer + image processor doing what ``Qwen2VLProcessor`` does for images.
+
+    ``Qwen2VLProcessor`` cannot be built without torchvision (its video processor
+    needs it); images need only the image processor and the placeholder expansion
+    (``replace_image_token``: one ``<|image_pad|>`` per merged token), reproduced here.
+    """
+
+    def __init__(self, tokenizer, image_processor) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token = getattr(tokenizer, "image_token", None) or IMAGE_TOKEN
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+
+    @classmethod
+    def from_pretrained(cls, location: str | Path) -> QwenVLProcessing:
+        """Load tokenizer and image processor from a checkpoint folder or hub id."""
+        return cls(
+            AutoTokenizer.from_pretrained(location, trust_remote_code=False),
+            AutoImageProcessor.from_pretrained(location, trust_remote_code=False),
+        )
+
+    def apply_chat_template(self, messages: list[dict], **kwargs: Any) -> str:
+        """The tokenizer's chat template as text."""
+        kwargs.setdefault("tokenize", False)
+        return self.tokenizer.apply_chat_template(messages, **kwargs)
+
+    def __call__(
+        self, images: Any = None, text: str | None = None, return_tensors: str = "pt", **kwargs
+    ) -> BatchFeature:
+        """Pixel patches, grid sizes and token ids with expanded image placeholders."""
+        data: dict[str, Any] = {}
+        if images is not None:
+            images = images if isinstance(images, list | tuple) else [images]
+            data.update(
+                self.image_processor(images=images, return_tensors=return_tensors, **kwargs)
+            )
+            merge = self.image_processor.merge_size**2
+            counts = [int(grid.prod()) // merge for grid in data["image_grid_thw"]]
+            pieces = text.split(self.image_token)
+            if len(pieces) != len(counts) + 1:
+                raise ValueError(f"{len(counts)} images but {len(pieces) - 1} placeholders")
+            text = pieces[0] + "".join(
+                self.image_token * count + piece
+                for count, piece in zip(counts, pieces[1:], strict=True)
+            )
+        tokens = self.tokenizer(text, return_tensors=return_tensors)
+        data.update(tokens)
+        data["mm_token_type_ids"] = (tokens["input_ids"] == self.image_token_id).int()
+        return BatchFeature(data)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """Save both parts so :meth:`from_pretrained` (and ``AutoProcessor``) reads them."""
+        self.tokenizer.save_pretrained(out_dir)
+        self.image_processor.save_pretrained(out_dir)
+
+
+def load_qwen_processor(location: str | Path):
+    """``AutoProcessor`` where it can be built, else :class:`QwenVLProcessing`."""
+    try:
+        return AutoProcessor.from_pretrained(location, trust_remote_code=False)
+    except ImportError:  # torchvision missing: Qwen2VLVideoProcessor cannot be built
+        return QwenVLProcessing.from_pretrained(location)
+
+
+def is_qwen_vl(config: Any) -> bool:
+    """Whether a model config (or its ``model_type`` string) is a supported Qwen-VL one."""
+    model_type = config if isinstance(config, str) else getattr(config, "model_type", "")
+    return model_type in QWEN_MODEL_TYPES
+
+
+class QwenVLAdapter:
+    """Uniform access to the vision tower, merger and LLM of a Qwen-VL model.
+
+    Mirrors :class:`lrsvqa.models.adapter.LlavaAdapter`: a tile and the thumbnail both
+    become ``tokens_per_side`` x ``tokens_per_side`` merged tokens; there are no row-end
+    tokens and no extra pooling (the model's 2 x 2 patch merger is its pooling).
+
+    Args:
+        model: A loaded ``Qwen2VLForConditionalGeneration`` (or Qwen2.5-VL).
+        processor: Its processor, or a :class:`QwenVLProcessing`.
+        options: Tile size (default 448 px).
+    """
+
+    uses_mrope = True
+
+    def __init__(
+        self, model: PreTrainedModel, processor, options: QwenVLOptions | None = None
+    ) -> None:
+        if not is_qwen_vl(model.config):
+            raise ModelLoadError(
+                getattr(model.config, "_name_or_path", "") or "model",
+                f"model type {model.config.model_type!r} is not a supported Qwen-VL family "
+                f"({', '.join(QWEN_MODEL_TYPES)})",
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_processor = processor.image_processor
+        self.config = model.config
+        self.qwen_options = options or QwenVLOptions()
+        vision = self.config.vision_config
+        self.merge_size: int = vision.spatial_merge_size
+        self.patch_size: int = vision.patch_size
+        unit = self.patch_size * self.merge_size
+        if self.qwen_options.tile_size % unit:
+            raise ValueError(
+                f"tile_size {self.qwen_options.tile_size} is not a multiple of "
+                f"patch_size * spatial_merge_size = {unit}"
+            )
+        self.tile_size: int = self.qwen_options.tile_size
+        self.encoder_tokens_per_side: int = self.tile_size // unit
+        self.tokens_per_side: int = self.encoder_tokens_per_side
+        self.options = VisionTokenOptions(hr_pool=1, newline=False)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: str | torch.dtype = DEFAULT_DTYPE,
+        device: str | torch.device = DEFAULT_DEVICE,
+        attn_implementation: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
+        options: QwenVLOptions | None = None,
+    ) -> QwenVLAdapter:
+        """Load a checkpoint (local folder or hub id) as :meth:`LlavaAdapter.from_pretrained`.
+
+        Raises:
+            ModelLoadError: Naming the folder, hub id or weight file at fault.
+        """
+        location = resolve_checkpoint(path)
+        if Path(location).is_dir():
+            check_weight_files(Path(location))
+        target = resolve_device(device)
+        try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+            processor = load_qwen_processor(location)
+            model = AutoModelForImageTextToText.from_pretrained(
+                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
+            )
+        except LrsvqaError:
+            raise
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ModelLoadError(
+                path, f"cannot load a Qwen-VL model ({type(error).__name__}: {first})"
+            ) from error
+        return cls(model if device_map is not None else model.to(target), processor, options)
+
+    def with_options(
+        self,
+        *,
+        hr_pool: int | None = None,
+        pool_mode: str | None = None,
+        newline: bool | None = None,
+    ) -> QwenVLAdapter:
+        """The LLaVA token options do not apply: only their neutral values are accepted.
+
+        Raises:
+            ValueError: Pooling or row-end tokens asked of a Qwen-VL model.
+        """
+        if hr_pool not in (None, 1) or newline:
+            raise ValueError(
+                "Qwen-VL models merge 2 x 2 patches themselves and have no row-end tokens: "
+                "hr_pool and newline do not apply"
+            )
+        return self
+
+    def with_tile_size(self, tile_size: int) -> QwenVLAdapter:
+        """A view of the same model with another tile size."""
+        if tile_size == self.tile_size:
+            return self
+        return QwenVLAdapter(
+            self.model, self.processor, replace(self.qwen_options, tile_size=tile_size)
+        )
+
+    # ------------------------------------------------------------------ modules
+    @property
+    def device(self) -> torch.device:
+        """Device of the LLM weights."""
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the LLM weights."""
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The bare decoder (``Qwen2VLTextModel``): layers, norm, M-RoPE rotary embedding."""
+        return self.model.model.language_model
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        """The LLM's decoder layers."""
+        return self.language_model.layers
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        """The LLM's input embedding table."""
+        return self.model.get_input_embeddings()
+
+    @property
+    def image_newline(self) -> None:
+        """Qwen-VL has no row-end token."""
+        return None
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        """The vision transformer with its patch merger."""
+        return self.model.model.visual
+
+    @property
+    def lm_head(self) -> nn.Module:
+        """The LLM's projection from hidden states to vocabulary logits."""
+        return self.model.get_output_embeddings()
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        """Token ids that end generation (from the generation config)."""
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+    @property
+    def hidden_size(self) -> int:
+        """LLM hidden size."""
+        return self.config.text_config.hidden_size
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """LLM tokens of one tile (merged)."""
+        return self.tokens_per_side**2
+
+    @property
+    def thumbnail_tokens(self) -> int:
+        """LLM tokens of one view (thumbnail or tile: the same grid)."""
+        return self.encoder_tokens_per_side**2
+
+    # ------------------------------------------------------------------ vision
+    def pixel_values(self, tiles: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 RGB tiles into the vision tower's patch rows and ``(t, h, w)`` grids.
+
+        The model's own image processor normalises and orders the patches; tiles are
+        resized to ``tile_size`` first where needed and never resized by it.
+        """
+        images = []
+        for tile in tiles:
+            image = Image.fromarray(np.asarray(tile, dtype=np.uint8))
+            if image.size != (self.tile_size, self.tile_size):
+                image = image.resize((self.tile_size, self.tile_size), Image.BICUBIC)
+            images.append(image)
+        out = self.image_processor(images=images, do_resize=False, return_tensors="pt")
+        pixels, grids = out["pixel_values"], out["image_grid_thw"]
+        return pixels.to(self.device, self.dtype), grids.to(self.device)
+
+    def encode_pixels(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, batch_size: int = 16
+    ) -> torch.Tensor:
+        """Vision tower + merger on equally sized views: (N, thumbnail_tokens, hidden).
+
+        Keeps the autograd graph (training encodes through it); inference callers wrap
+        it in ``torch.no_grad``.
+        """
+        rows = int(grid_thw[0].prod()) if len(grid_thw) else 0
+        outputs = []
+        for start in range(0, grid_thw.shape[0], batch_size):
+            grids = grid_thw[start : start + batch_size]
+            patches = pixel_values[start * rows : (start + grids.shape[0]) * rows]
+            merged = self.model.model.get_image_features(patches, grids, return_dict=True)
+            outputs.extend(merged.pooler_output)
+        if not outputs:
+            return torch.zeros(
+                0, self.thumbnail_tokens, self.hidden_size, dtype=self.dtype, device=self.device
+            )
+        return torch.stack(outputs)
+
+    def encode_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
+        """Encode uint8 RGB views: (N, thumbnail_tokens, hidden), raster order per view."""
+        if not len(tiles):
+            return torch.zeros(
+                0, self.thumbnail_tokens, self.hidden_size, dtype=self.dtype, device=self.device
+            )
+        return self.encode_pixels(*self.pixel_values(tiles))
+
+    def pool_tiles(self, features: torch.Tensor) -> torch.Tensor:
+        """No pooling beyond the model's own merger."""
+        return features
+
+    def encode_hr_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
+        """Encode high-resolution tiles into the LLM's tokens (N, tokens_per_tile, hidden)."""
+        return self.encode_tiles(tiles)
+
+    # ------------------------------------------------------------------ text
+    def chat_text(self, question: str, images: int = 1) -> str:
+        """The chat-templated prompt with ``images`` image placeholders, then the question."""
+        content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        owner = self.processor if hasattr(self.processor, "apply_chat_template") else self.tokenizer
+        return owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_parts(self, question: str) -> PromptParts:
+        """Split the chat-templated prompt around ``<|image_pad|>`` into token ids.
+
+        The prefix ends with ``<|vision_start|>`` and the suffix starts with
+        ``<|vision_end|>``, as the template writes them around the image.
+        """
+        text = self.chat_text(question)
+        image_token = getattr(self.processor, "image_token", None) or IMAGE_TOKEN
+        if text.count(image_token) != 1:
+            raise ValueError(f"chat template must contain exactly one {image_token!r} placeholder")
+        before, after = text.split(image_token)
+        prefix = self.tokenizer(before, add_special_tokens=True, return_tensors="pt").input_ids[0]
+        suffix = self.tokenizer(after, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        return PromptParts(prefix.to(self.device), suffix.to(self.device))
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embed token ids (n,) into (n, hidden)."""
+        return self.embed_tokens(ids.to(self.device))
+
+    def assemble(
+        self, prompt: PromptParts, vision_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, slice]:
+        """Build ``[prefix, vision, suffix]`` embeddings (1, n, hidden) and the vision slice."""
+        prefix = self.embed_ids(prompt.prefix_ids)
+        suffix = self.embed_ids(prompt.suffix_ids)
+        embeds = torch.cat([prefix, vision_tokens.to(prefix.dtype), suffix], dim=0)[None]
+        start = prefix.shape[0]
+        return embeds, slice(start, start + vision_tokens.shape[0])
+
+    # ------------------------------------------------------------------ positions
+    def position_ids(self, prompt: PromptParts, segments: Sequence[VisionSegment]) -> torch.Tensor:
+        """M-RoPE ``(3, 1, n)`` positions of ``[prefix, segments..., suffix]``.
+
+        See the module docstring: each segment is placed like one Qwen-VL image over
+        its whole grid, its tokens at their own cells, so pruned tokens leave holes.
+        """
+        return sequence_position_ids(
+            len(prompt.prefix_ids), segments, len(prompt.suffix_ids), self.device
+        )
+
+    def segment_of_tiles(self, grid: tuple[int, int], positions: np.ndarray) -> VisionSegment:
+        """The segment of tokens at ``positions`` of a level whose grid is ``grid`` tiles."""
+        g = self.tokens_per_side
+        return VisionSegment(np.asarray(positions), (grid[0] * g, grid[1] * g))
+
+    def thumbnail_segment(self) -> VisionSegment:
+        """The thumbnail's own full grid."""
+        g = self.tokens_per_side
+        cells = np.stack(np.divmod(np.arange(g * g), g), axis=1)
+        return VisionSegment(cells, (g, g))
+
+    # ------------------------------------------------------------------ LLM
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        position_ids: torch.Tensor | None = None,
+    ) -> str:
+        """Greedy generation from assembled embeddings with explicit M-RoPE positions.
+
+        Without ``position_ids`` every token is placed as text (0, 1, 2, ...); the
+        model's own cached ``rope_deltas`` are never used, so no earlier call leaks in.
+        """
+        n = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = text_position_ids(0, n, inputs_embeds.device)
+        attention_mask = torch.ones((1, n), dtype=torch.long, device=inputs_embeds.device)
+        output = self.model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+
+def text_position_ids(start: int, count: int, device: torch.device | str) -> torch.Tensor:
+    """``(3, 1, count)`` positions of text tokens from ``start``: t = h = w."""
+    return (torch.arange(count, device=device) + start).view(1, 1, -1).expand(3, 1, -1)
+
+
+def sequence_position_ids(
+    prefix_length: int,
+    segments: Sequence[VisionSegment],
+    suffix_length: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """M-RoPE ``(3, 1, n)`` positions of text, vision segments, then text."""
+    pieces = [text_position_ids(0, prefix_length, device)]
+    cursor = prefix_length
+    for segment in segments:
+        cells = torch.as_tensor(np.asarray(segment.positions), dtype=torch.long, device=device)
+        cells = cells.reshape(-1, 2)
+        t = torch.full((cells.shape[0],), cursor, dtype=torch.long, device=device)
+        pieces.append(torch.stack([t, cursor + cells[:, 0], cursor + cells[:, 1]])[:, None])
+        cursor += max(segment.grid)
+    pieces.append(text_position_ids(cursor, suffix_length, device))
+    return torch.cat(pieces, dim=-1)
