@@ -19,7 +19,7 @@ from typer.core import TyperGroup
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
 from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
-from lrsvqa.errors import LrsvqaError
+from lrsvqa.errors import LrsvqaError, OptionError
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES, PyramidConfig
 from lrsvqa.imagery.tiles import MAX_TILE_SIZE
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
@@ -34,6 +34,7 @@ _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short s
 _HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
 _POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
 _NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
+_BANDS_HELP = "Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
 _DEVICE_HELP = "Torch device, e.g. cuda:1; auto: CUDA, then MPS, then the CPU."
 _DTYPE_HELP = "float32, bfloat16 or float16; auto: the checkpoint's on a GPU, float32 on CPU."
 _ATTN_HELP = "Attention kernel: sdpa, eager, flash_attention_2, ... (default: transformers')."
@@ -153,6 +154,7 @@ def ask(
     geojson: Path | None = typer.Option(
         None, help="Write the tiles and retained tokens as GeoJSON in the image's CRS."
     ),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
 ) -> None:
     """Answer a question about a large image with coarse-to-fine inference.
 
@@ -183,7 +185,13 @@ def ask(
         newline=False if no_newline else None,
     )
     result, reader = run_ask(
-        loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
+        loaded,
+        image,
+        question,
+        config,
+        min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        bands=_int_list(bands),
     )
     image_info = reader.image.describe()
     if json_out:
@@ -253,6 +261,7 @@ def eval_command(
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
     strategy_option: list[str] = typer.Option(
         [],
         "--strategy-option",
@@ -300,6 +309,8 @@ def eval_command(
     options |= {"attn_implementation": attn_implementation}
     options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
     options |= {"newline": False if no_newline else None}
+    # As --strategy-option bands=4,3,2 would give it, so both name the same output.
+    options |= {"bands": ",".join(map(str, _int_list(bands) or [])) or None}
     options = {key: value for key, value in options.items() if value is not None}
     options |= _key_values(strategy_option, "--strategy-option")
     try:
@@ -519,7 +530,7 @@ def build_bench(
             max_retries=max_retries,
         )
     elif {"qa", "quality"} & set(chosen):
-        raise typer.BadParameter("the qa and quality stages need --api-base and --model")
+        raise OptionError("--api-base", "the qa and quality stages need --api-base and --model")
     config = BuildConfig(
         images=images,
         labels=labels,
@@ -561,9 +572,7 @@ def pyramid(
         PyramidConfig.min_short_side, min=1, help="Bound of the coarsest level, px."
     ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
-    bands: str | None = typer.Option(
-        None, help="Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
-    ),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
     no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
 ) -> None:
     """Print an image's Dynamic Image Pyramid: level sizes, tile grids, scales.

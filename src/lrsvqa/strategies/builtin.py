@@ -163,9 +163,14 @@ class AnyresImage:
     tiles: list[np.ndarray]
 
 
-def read_anyres(path: Path, max_tiles: int, tile_size: int) -> AnyresImage:
-    """Read the base view and the canvas tiles of anyres-pX (I/O only)."""
-    with open_image(path) as image:
+def read_anyres(
+    path: Path, max_tiles: int, tile_size: int, bands: tuple[int, ...] | None = None
+) -> AnyresImage:
+    """Read the base view and the canvas tiles of anyres-pX (I/O only).
+
+    ``bands``: 1-based bands shown as R, G, B (None: from the file), as in GDAL.
+    """
+    with open_image(path, bands=bands) as image:
         geometry = AnyresGeometry.for_image(image.height, image.width, max_tiles, tile_size)
         whole = (0.0, 0.0, float(image.width), float(image.height))
         base = image.read_region(whole, (tile_size, tile_size))
@@ -209,6 +214,9 @@ class _ModelStrategy:
     """What every strategy shares: the model, its dimensions and result assembly."""
 
     name: str
+    #: 1-based source bands shown as R, G, B (or one as grey), as in GDAL; None: the
+    #: ones the file calls red, green and blue (``ModelOptions.bands``, ``--bands``).
+    bands: tuple[int, ...] | None = None
 
     def __init__(self, name: str, adapter: LlavaAdapter, max_new_tokens: int) -> None:
         self.name = name
@@ -244,7 +252,9 @@ class ThumbnailStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> np.ndarray:
         """Read the thumbnail (long side ``B``, padded bottom/right)."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             return reader.thumbnail()
 
     @torch.no_grad()
@@ -289,7 +299,9 @@ class FullResolutionStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> FullResolutionImage:
         """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             finest = len(reader.geometry.levels) - 1
             level = reader.geometry.levels[finest]
             if level.num_tiles > self.max_tiles:
@@ -332,7 +344,7 @@ class AnyresStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> AnyresImage:
         """Read the base view and canvas tiles."""
-        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size)
+        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size, self.bands)
 
     def _trace(self, image: AnyresImage) -> dict[str, Any]:
         return {
@@ -475,8 +487,9 @@ class CoarseToFineStrategy(_ModelStrategy):
                 tile_size=b,
                 min_short_side=self.pyramid.min_short_side,
                 dip_rule=self.pyramid.dip_rule,
+                bands=self.bands,
             )
-        image = open_image(image_path)
+        image = open_image(image_path, bands=self.bands)
         try:
             grid = AnyresGeometry.for_image(image.height, image.width, self.grid_tiles, b).grid
             return PyramidReader(image, grid_geometry(image.height, image.width, grid, b))
@@ -627,64 +640,75 @@ def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFin
     return CoarseToFineStrategy("c2f-nodip", adapter, rfm, config, grid_tiles=options.grid_tiles)
 
 
+def _reading(factory: Callable[[ModelOptions, Any], _ModelStrategy]) -> Callable:
+    """``factory`` whose strategies read images with the model options' ``bands``."""
+
+    def build(model: ModelOptions, options: Any) -> _ModelStrategy:
+        strategy = factory(model, options)
+        strategy.bands = model.bands
+        return strategy
+
+    return build
+
+
 register_strategy(
     "thumbnail",
-    make_thumbnail,
+    _reading(make_thumbnail),
     counter=counters.count_thumbnail,
     summary="LLaVA-1.5 style: one view of the whole image.",
 )
 for _tiles in ANYRES_MAX_TILES:
     register_strategy(
         f"anyres-p{_tiles}",
-        partial(make_anyres, max_tiles=_tiles),
+        _reading(partial(make_anyres, max_tiles=_tiles)),
         counter=partial(counters.count_anyres, max_tiles=_tiles),
         summary=f"LLaVA-NeXT anyres, at most {_tiles} tiles, every token to the LLM.",
     )
 register_strategy(
     "fullres",
-    make_fullres,
+    _reading(make_fullres),
     options=FullResOptions,
     counter=counters.count_fullres,
     summary="Every tile at full resolution, where it fits (paper Fig. 1(b)).",
 )
 register_strategy(
     "visionzip",
-    make_visionzip,
+    _reading(make_visionzip),
     options=VisionZipOptions,
     counter=counters.count_visionzip,
     summary="VisionZip: dominant + contextual tokens of every anyres crop.",
 )
 register_strategy(
     "prumerge++",
-    make_prumerge,
+    _reading(make_prumerge),
     options=PruMergeOptions,
     counter=counters.count_prumerge,
     summary="PruMerge+: outlier tokens of every anyres crop, merged.",
 )
 register_strategy(
     "fastv",
-    partial(make_llm_drop, name="fastv"),
+    _reading(partial(make_llm_drop, name="fastv")),
     options=FastVOptions,
     counter=counters.count_fastv,
     summary="FastV: vision tokens cut once inside the LLM.",
 )
 register_strategy(
     "pdrop",
-    partial(make_llm_drop, name="pdrop"),
+    _reading(partial(make_llm_drop, name="pdrop")),
     options=PDropOptions,
     counter=counters.count_pdrop,
     summary="PyramidDrop: vision tokens cut at each LLM stage.",
 )
 register_strategy(
     "c2f",
-    make_c2f,
+    _reading(make_c2f),
     options=C2FOptions,
     counter=counters.count_c2f,
     summary="Coarse-to-fine text-guided pruning on the DIP (paper Alg. 1).",
 )
 register_strategy(
     "c2f-nodip",
-    make_c2f_nodip,
+    _reading(make_c2f_nodip),
     options=C2FNoDipOptions,
     counter=counters.count_c2f_nodip,
     summary="RFM pruning on one anyres grid, no pyramid (paper Tab. 5).",

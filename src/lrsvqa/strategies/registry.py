@@ -56,8 +56,20 @@ class ModelOptions:
     )
     hr_pool_mode: str | None = option(None, "bilinear, average or max (none: the config's).")
     newline: bool | None = option(None, "Row-end tokens (false: none; none: the model's own).")
+    bands: tuple[int, ...] | None = option(
+        None,
+        "Bands shown as R, G, B (or one as grey), 1-based as in GDAL, e.g. 4,3,2 "
+        "(--bands; none: the ones the file calls red, green, blue).",
+    )
 
     def __post_init__(self) -> None:
+        if self.bands is not None and (
+            len(self.bands) not in (1, 3) or any(b < 1 for b in self.bands)
+        ):
+            raise ValueError(
+                f"bands must be 1 (grey) or 3 (R, G, B) band numbers counted from 1 as in "
+                f"GDAL, got {','.join(map(str, self.bands))}"
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.hr_pool is not None and self.hr_pool < 1:

@@ -301,8 +301,18 @@ def _initial_rfm(
     return rfm, pairs
 
 
+def _conversations(config: DistillConfig) -> tuple[list[Conversation], list[Conversation]]:
+    """Training and held-out dialogues, read and checked before the model loads."""
+    train = load_conversations(config.data, config.image_root)
+    if config.eval_size == 0 or config.eval_data is None:
+        return train, train
+    return train, load_conversations(config.eval_data, config.image_root)
+
+
 def _datasets(
-    adapter: LlavaAdapter, config: DistillConfig
+    adapter: LlavaAdapter,
+    config: DistillConfig,
+    conversations: tuple[list[Conversation], list[Conversation]],
 ) -> tuple[ConversationDataset, ConversationDataset | None]:
     """Training set and the agreement set (held-out, or the first training dialogues).
 
@@ -319,14 +329,9 @@ def _datasets(
             config.dip_rule,
         )
 
-    train = load_conversations(config.data, config.image_root)
+    train, held_out = conversations
     if config.eval_size == 0:
         return dataset(train), None
-    held_out = (
-        train
-        if config.eval_data is None
-        else load_conversations(config.eval_data, config.image_root)
-    )
     return dataset(train), dataset(held_out[: config.eval_size])
 
 
@@ -490,9 +495,14 @@ def distill(config: DistillConfig) -> DistillReport:
 
     Raises:
         CheckpointError: The checkpoint to resume from holds a pickle-format file or
-            is not one this module wrote.
+            is not one this module wrote, there is none to resume from, or a fresh run
+            would overwrite existing checkpoints (checked before the model loads).
     """
     out_dir = Path(config.out_dir)
+    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
+    if resume_from is not None:
+        check_folder(resume_from)  # fail before loading the model, and unpickle nothing
+    conversations = _conversations(config)  # bad data, too, fails before the model loads
     accelerator = _accelerator(config)
     set_seed(config.seed)
     adapter = _load_adapter(
@@ -502,10 +512,7 @@ def distill(config: DistillConfig) -> DistillReport:
     )
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
-    dataset, eval_dataset = _datasets(adapter, config)
-    resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
-    if resume_from is not None:
-        check_folder(resume_from)  # fail before the agreement measurement, not after
+    dataset, eval_dataset = _datasets(adapter, config, conversations)
     before = None
     if eval_dataset is not None and accelerator.is_main_process:
         before = evaluate_agreement(

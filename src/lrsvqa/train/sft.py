@@ -366,22 +366,21 @@ def finetune_conversations(
 
     Raises:
         DistillDataError: Bad conversations (named by file and item).
-        FileExistsError: Checkpoints exist and ``resume`` is off.
-        FileNotFoundError: ``resume`` without a checkpoint.
-        CheckpointError: The checkpoint holds a pickle-format file or is not ours.
+        CheckpointError: Checkpoints exist and ``resume`` is off, ``resume`` without a
+            checkpoint, or the checkpoint holds a pickle-format file or is not ours.
     """
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS_DIR
     start = resume_point(out, checkpoints, resume)
     if start is not None:
         check_folder(start)  # before loading the model
+    conversations = load_conversations(data, image_root)  # bad data fails before it, too
     torch.manual_seed(seed)
     adapter = load_adapter(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation
     ).with_options(
         hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
     )
-    conversations = load_conversations(data, image_root)
     sampler = ConversationSampler(
         conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
     )
