@@ -31,6 +31,7 @@ from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter, PromptParts
 from lrsvqa.models.auto import load_adapter, uses_mrope
 from lrsvqa.models.layout import VisionSegment, layout_vision_tokens, tile_token_positions
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
 from lrsvqa.strategies import counters
@@ -53,7 +54,7 @@ from lrsvqa.strategies.registry import ModelOptions, NoOptions, register_strateg
 from lrsvqa.strategies.visionzip import visionzip_crops
 
 _LOCK = threading.Lock()
-_ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
+_ADAPTERS: dict[tuple[str, ...], LlavaAdapter] = {}
 _VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
 _RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
 
@@ -64,16 +65,30 @@ def _path_key(path: str | Path) -> str:
     return str(local.resolve()) if local.exists() else str(path)
 
 
+def _adapter_key(
+    model_path: str | Path,
+    dtype: str,
+    device: str,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
+) -> tuple[str, ...]:
+    """Which loaded model a request shares: ``auto`` and the device it picks are one."""
+    where = str(device_map) if device_map is not None else str(resolve_device(device))
+    return (_path_key(model_path), str(dtype), where, str(attn_implementation))
+
+
 def shared_adapter(
     model_path: str | Path,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
     *,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
     hr_pool: int | None = None,
     pool_mode: str | None = None,
     newline: bool | None = None,
 ) -> LlavaAdapter:
-    """The process-wide model for ``(path, dtype, device)``, loaded on first use.
+    """The process-wide model for ``(path, dtype, device, ...)``, loaded on first use.
 
     The adapter is chosen by the checkpoint's model type (:func:`load_adapter`).
 
@@ -81,10 +96,16 @@ def shared_adapter(
     it returns a view sharing the weights, kept for the process like the model, so
     strategies asking for the same options share it (and its RFM).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device, attn_implementation, device_map)
     with _LOCK:
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = load_adapter(model_path, dtype=dtype, device=device)
+            _ADAPTERS[key] = load_adapter(
+                model_path,
+                dtype=dtype,
+                device=device,
+                attn_implementation=attn_implementation,
+                device_map=device_map,
+            )
         view_key = (*key, hr_pool, pool_mode, newline)
         if view_key not in _VIEWS:
             _VIEWS[view_key] = _ADAPTERS[key].with_options(
@@ -94,16 +115,19 @@ def shared_adapter(
 
 
 def share_adapter(
-    model_path: str | Path, adapter: LlavaAdapter, dtype: str = "float32", device: str = "cpu"
+    model_path: str | Path,
+    adapter: LlavaAdapter,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
 ) -> None:
     """Make an already built model the one strategies get for ``(model_path, dtype, device)``.
 
     For models that exist only in memory (benchmarks on random weights of a real size).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device)
     with _LOCK:
         _ADAPTERS[key] = adapter
-        for view_key in [k for k in _VIEWS if k[:3] == key]:
+        for view_key in [k for k in _VIEWS if k[: len(key)] == key]:
             del _VIEWS[view_key]
 
 
@@ -118,7 +142,7 @@ def shared_rfm(
     with _LOCK:
         if key not in _RFMS:
             if rfm_path is not None:
-                _RFMS[key] = RegionFocusModule.load(rfm_path, adapter)
+                _RFMS[key] = RegionFocusModule.from_pretrained(rfm_path, adapter=adapter)
             else:
                 _RFMS[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
         return _RFMS[key]
@@ -140,9 +164,14 @@ class AnyresImage:
     tiles: list[np.ndarray]
 
 
-def read_anyres(path: Path, max_tiles: int, tile_size: int) -> AnyresImage:
-    """Read the base view and the canvas tiles of anyres-pX (I/O only)."""
-    with open_image(path) as image:
+def read_anyres(
+    path: Path, max_tiles: int, tile_size: int, bands: tuple[int, ...] | None = None
+) -> AnyresImage:
+    """Read the base view and the canvas tiles of anyres-pX (I/O only).
+
+    ``bands``: 1-based bands shown as R, G, B (None: from the file), as in GDAL.
+    """
+    with open_image(path, bands=bands) as image:
         geometry = AnyresGeometry.for_image(image.height, image.width, max_tiles, tile_size)
         whole = (0.0, 0.0, float(image.width), float(image.height))
         base = image.read_region(whole, (tile_size, tile_size))
@@ -224,6 +253,9 @@ class _ModelStrategy:
     """What every strategy shares: the model, its dimensions and result assembly."""
 
     name: str
+    #: 1-based source bands shown as R, G, B (or one as grey), as in GDAL; None: the
+    #: ones the file calls red, green and blue (``ModelOptions.bands``, ``--bands``).
+    bands: tuple[int, ...] | None = None
 
     def __init__(self, name: str, adapter: LlavaAdapter, max_new_tokens: int) -> None:
         self.name = name
@@ -259,7 +291,9 @@ class ThumbnailStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> np.ndarray:
         """Read the thumbnail (long side ``B``, padded bottom/right)."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             return reader.thumbnail()
 
     @torch.no_grad()
@@ -309,7 +343,9 @@ class FullResolutionStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> FullResolutionImage:
         """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             finest = len(reader.geometry.levels) - 1
             level = reader.geometry.levels[finest]
             if level.num_tiles > self.max_tiles:
@@ -363,7 +399,7 @@ class AnyresStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> AnyresImage:
         """Read the base view and canvas tiles."""
-        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size)
+        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size, self.bands)
 
     def _trace(self, image: AnyresImage) -> dict[str, Any]:
         return {
@@ -570,8 +606,9 @@ class CoarseToFineStrategy(_ModelStrategy):
                 tile_size=b,
                 min_short_side=self.pyramid.min_short_side,
                 dip_rule=self.pyramid.dip_rule,
+                bands=self.bands,
             )
-        image = open_image(image_path)
+        image = open_image(image_path, bands=self.bands)
         try:
             grid = AnyresGeometry.for_image(image.height, image.width, self.grid_tiles, b).grid
             return PyramidReader(image, grid_geometry(image.height, image.width, grid, b))
@@ -641,6 +678,8 @@ def _adapter(model: ModelOptions) -> LlavaAdapter:
         model.model_path,
         model.dtype,
         model.device,
+        attn_implementation=model.attn_implementation,
+        device_map=model.device_map,
         hr_pool=model.hr_pool,
         pool_mode=model.hr_pool_mode,
         newline=model.newline,
@@ -736,50 +775,61 @@ def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFin
     return CoarseToFineStrategy("c2f-nodip", adapter, rfm, config, grid_tiles=options.grid_tiles)
 
 
+def _reading(factory: Callable[[ModelOptions, Any], _ModelStrategy]) -> Callable:
+    """``factory`` whose strategies read images with the model options' ``bands``."""
+
+    def build(model: ModelOptions, options: Any) -> _ModelStrategy:
+        strategy = factory(model, options)
+        strategy.bands = model.bands
+        return strategy
+
+    return build
+
+
 register_strategy(
     "thumbnail",
-    make_thumbnail,
+    _reading(make_thumbnail),
     counter=counters.count_thumbnail,
     summary="LLaVA-1.5 style: one view of the whole image.",
 )
 for _tiles in ANYRES_MAX_TILES:
     register_strategy(
         f"anyres-p{_tiles}",
-        partial(make_anyres, max_tiles=_tiles),
+        _reading(partial(make_anyres, max_tiles=_tiles)),
         counter=partial(counters.count_anyres, max_tiles=_tiles),
         summary=f"LLaVA-NeXT anyres, at most {_tiles} tiles, every token to the LLM.",
     )
 register_strategy(
     "fullres",
-    make_fullres,
+    _reading(make_fullres),
     options=FullResOptions,
     counter=counters.count_fullres,
     summary="Every tile at full resolution, where it fits (paper Fig. 1(b)).",
 )
 register_strategy(
     "visionzip",
-    make_visionzip,
+    _reading(make_visionzip),
     options=VisionZipOptions,
     counter=counters.count_visionzip,
     summary="VisionZip: dominant + contextual tokens of every anyres crop.",
 )
 register_strategy(
     "prumerge++",
-    make_prumerge,
+    _reading(make_prumerge),
     options=PruMergeOptions,
     counter=counters.count_prumerge,
     summary="PruMerge+: outlier tokens of every anyres crop, merged.",
 )
 register_strategy(
     "fastv",
-    partial(make_llm_drop, name="fastv"),
+    _reading(partial(make_llm_drop, name="fastv")),
     options=FastVOptions,
     counter=counters.count_fastv,
     summary="FastV: vision tokens cut once inside the LLM.",
 )
 register_strategy(
     "pdrop",
-    partial(make_llm_drop, name="pdrop"),
+    _reading(partial(make_llm_drop, name="pdrop")),
     options=PDropOptions,
     counter=counters.count_pdrop,
     summary="PyramidDrop: vision tokens cut at each LLM stage.",
@@ -793,14 +843,14 @@ register_strategy(
 )
 register_strategy(
     "c2f",
-    make_c2f,
+    _reading(make_c2f),
     options=C2FOptions,
     counter=counters.count_c2f,
     summary="Coarse-to-fine text-guided pruning on the DIP (paper Alg. 1).",
 )
 register_strategy(
     "c2f-nodip",
-    make_c2f_nodip,
+    _reading(make_c2f_nodip),
     options=C2FNoDipOptions,
     counter=counters.count_c2f_nodip,
     summary="RFM pruning on one anyres grid, no pyramid (paper Tab. 5).",

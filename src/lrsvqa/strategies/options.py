@@ -128,7 +128,9 @@ class RFMOptions:
     """What both coarse-to-fine strategies take: the RFM and the retain ratio."""
 
     alpha: float = option(CoarseToFineConfig.alpha, "Share of tokens kept at each level.")
-    rfm_path: str | None = option(None, "Trained RFM folder (--rfm); training-free if none.")
+    rfm_path: str | None = option(
+        None, "Trained RFM folder or hub id (--rfm); training-free if none."
+    )
     rfm_layers: tuple[int, ...] | None = option(None, "Training-free RFM layers, e.g. 1,5,11,14.")
 
     def __post_init__(self) -> None:
