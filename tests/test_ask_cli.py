@@ -115,6 +115,7 @@ def test_ask_geojson_in_the_image_crs(files, tmp_path):
     trace = json.loads(next(x for x in result.stdout.splitlines() if x.startswith("{")))
     assert trace["image"]["georeference"]["epsg"] == 32631
     collection = json.loads(out.read_text())
+    assert_valid_geojson(collection)
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32631"
     geometry = build_pyramid(2100, 1500)
     tiles = [f for f in collection["features"] if f["properties"]["kind"] == "tile"]
@@ -134,6 +135,107 @@ def test_ask_geojson_in_the_image_crs(files, tmp_path):
     # Map coordinates lie inside the image footprint.
     xs = [x for f in collection["features"] for x, _ in f["geometry"]["coordinates"][0]]
     assert min(xs) >= 330_000.0 - 1e-6 and max(xs) <= 330_000.0 + 750.0 + 1e-6
+
+
+def assert_valid_geojson(collection: dict) -> None:
+    """The structure RFC 7946 requires of a FeatureCollection of polygons."""
+    json.dumps(collection, allow_nan=False)  # no NaN or Infinity: not JSON
+    assert collection["type"] == "FeatureCollection" and collection["features"]
+    for feature in collection["features"]:
+        assert feature["type"] == "Feature" and isinstance(feature["properties"], dict)
+        geometry = feature["geometry"]
+        assert geometry["type"] == "Polygon"
+        for ring in geometry["coordinates"]:
+            assert len(ring) >= 4 and ring[0] == ring[-1], ring  # a closed linear ring
+            assert all(len(p) == 2 and all(isinstance(v, float | int) for v in p) for p in ring)
+        exterior = geometry["coordinates"][0]
+        signed_area = sum(
+            x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(exterior, exterior[1:], strict=False)
+        )
+        # Counter-clockwise exterior on a north-up map; y grows down in pixel coordinates.
+        pixel = collection.get("coordinates") == "pixel"
+        assert (signed_area < 0) if pixel else (signed_area > 0), signed_area
+
+
+def test_ask_geojson_without_georeference_is_in_pixels(files, tmp_path):
+    from lrsvqa.imagery.pyramid import build_pyramid
+
+    root, model_dir = files
+    out = tmp_path / "where.geojson"
+    result = CliRunner().invoke(
+        app,
+        ["ask", str(root / "scene.png"), "what?", "--model", str(model_dir), "--rfm",
+         str(root / "rfm"), "--max-new-tokens", "2", "--json", "--geojson", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    collection = json.loads(out.read_text())
+    assert_valid_geojson(collection)
+    assert collection["coordinates"] == "pixel" and "crs" not in collection
+    geometry = build_pyramid(2100, 1500)
+    for feature in collection["features"]:
+        p = feature["properties"]
+        if p["kind"] == "tile":
+            x0, y0, x1, y1 = geometry.levels[p["level"] - 1].tile_image_box(p["row"], p["col"])
+            ring = feature["geometry"]["coordinates"][0]
+            assert ring[0] == pytest.approx([x0, y0]) and ring[2] == pytest.approx([x1, y1])
+
+
+def test_ask_bands_count_from_one_and_unlabelled_bands_get_a_notice(files, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from tests.test_trust import one_line_error
+
+    root, model_dir = files
+    data = np.stack([np.full((700, 500), 40 * (b + 1), np.uint8) for b in range(4)])
+    path = tmp_path / "bgrn.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=500, height=700, count=4, dtype="uint8",
+        photometric="MINISBLACK",
+    ) as ds:  # fmt: skip
+        ds.write(data)
+    args = ["ask", str(path), "what?", "--model", str(model_dir), "--max-new-tokens", "1"]
+    plain = CliRunner().invoke(app, args, terminal_width=200)
+    assert plain.exit_code == 0, plain.output
+    assert "notice: showing bands 1, 2, 3 of 4" in plain.stdout
+    chosen = CliRunner().invoke(app, [*args, "--bands", "4,3,2", "--json"])
+    assert chosen.exit_code == 0, chosen.output
+    trace = json.loads(next(x for x in chosen.stdout.splitlines() if x.startswith("{")))
+    assert trace["image"]["bands"] == [4, 3, 2] and trace["image"]["band_notice"] is None
+    bad = CliRunner().invoke(app, [*args, "--bands", "0,1,2"])
+    one_line_error(bad, str(path), "bands [0] out of range", "count from 1")
+
+
+def test_eval_strategies_read_the_bands_asked_for(files, tmp_path):
+    from lrsvqa.imagery.tiles import PyramidReader
+    from lrsvqa.strategies.registry import build_strategy, strategy_entry
+
+    root, model_dir = files
+    rgb = np.random.default_rng(1).integers(0, 256, (400, 300, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "small.png")
+    for name in ("thumbnail", "c2f", "anyres-p4"):
+        strategy = build_strategy(name, model_path=str(model_dir), bands="3")
+        assert strategy.bands == (3,)
+        prepared = strategy.prepare(tmp_path / "small.png")
+        if name == "anyres-p4":
+            view = prepared.base
+        elif name == "c2f":
+            view = prepared.thumbnail()
+            prepared.close()
+        else:
+            view = prepared
+        assert (view[..., 0] == view[..., 2]).all()  # band 3 shown as grey
+    with PyramidReader.open(tmp_path / "small.png", bands=(3,)) as reader:
+        grey = reader.thumbnail()
+    thumbnail = build_strategy("thumbnail", model_path=str(model_dir), bands="3")
+    np.testing.assert_array_equal(thumbnail.prepare(tmp_path / "small.png"), grey)
+    model, _ = strategy_entry("c2f").parse({"bands": "4,3,2"})
+    assert model.bands == (4, 3, 2)
+    with pytest.raises(ValueError, match="counted from 1"):
+        strategy_entry("c2f").parse({"bands": "0,1,2"})
+    bad = CliRunner().invoke(
+        app,
+        ["eval", "--data-root", str(tmp_path), "--strategy", "c2f", "--bands", "0,1,2"],
+    )
+    assert bad.exit_code == 2 and "counted from 1" in bad.output
 
 
 def test_ask_with_pooled_tiles_and_no_newlines(files):

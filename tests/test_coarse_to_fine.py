@@ -32,9 +32,9 @@ class CapturingC2F(CoarseToFine):
         fed = []
         original = self.adapter.generate
 
-        def capture(embeds, max_new_tokens):
+        def capture(embeds, max_new_tokens, **kwargs):
             fed.append(embeds)
-            return original(embeds, max_new_tokens)
+            return original(embeds, max_new_tokens, **kwargs)
 
         self.adapter.generate = capture
         try:
@@ -52,7 +52,7 @@ class PlantedC2F(CapturingC2F):
         super().__init__(*args, **kwargs)
         self.target = target
 
-    def score_level(self, embeds, vision_slice, hr_index, level_index, positions):
+    def score_level(self, embeds, vision_slice, hr_index, level_index, positions, *args):
         level = self.source_geometry.levels[level_index]
         g = self.adapter.tokens_per_side
         scores = torch.full((len(positions),), 1e-6)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.rfm import WEIGHTS_NAME, RegionFocusModule
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from lrsvqa.train.checkpoint import CheckpointError
 from lrsvqa.train.data import ConversationDataset, load_conversations
 from lrsvqa.train.distill import DistillConfig, distill, evaluate_agreement
 from lrsvqa.train.toy import TOY_WORDS, write_toy_dataset
@@ -117,7 +118,7 @@ def test_resume_continues_the_loss_curve(tmp_path, one_thread):
     straight = run(tmp_path / "straight")
     interrupted = run(tmp_path / "split", stop_after=4)
     assert interrupted.steps == 4
-    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+    with pytest.raises(CheckpointError, match="already holds checkpoints"):
         run(tmp_path / "split")
     resumed = run(tmp_path / "split", resume=True)
     assert (resumed.start_step, resumed.steps) == (4, 8)
@@ -217,6 +218,13 @@ def test_pooled_official_rfm_distils_and_loads(tmp_path, one_thread):
     assert config["layer_indices"] == [0, 1, 3] and config["structure"] == "official"
     assert config["distill_pairs"] == [[0, 0], [2, 3]]
     assert len(RegionFocusModule.load(out, adapter).layers) == 3
+    # The recipe, losses and agreement go into the config and the model card.
+    training = config["training"]
+    assert training["data"] == str(train.resolve()) and training["steps"] == 2
+    assert training["loss_weights"] == {"hr": 2.0, "mse": 1.0, "kl": 1.0}
+    assert training["after"]["overlap"] == report.after.overlap
+    card = (out / "README.md").read_text()
+    assert "layers [0, 1, 3]" in card and "final_losses" in card and "after" in card
 
 
 @pytest.mark.slow
@@ -224,8 +232,8 @@ def test_resume_refuses_a_planted_pickle_through_the_api_and_the_cli(tmp_path, o
     from typer.testing import CliRunner
 
     from lrsvqa.app.cli import app
-    from lrsvqa.train.checkpoint import CheckpointError
     from tests.test_train_loop import plant_pickle
+    from tests.test_trust import one_line_error
 
     model, processor = build_tiny_llava(TOY_WORDS, num_layers=6, seed=0)
     save_tiny_llava(model, processor, tmp_path / "model")
@@ -256,8 +264,8 @@ def test_resume_refuses_a_planted_pickle_through_the_api_and_the_cli(tmp_path, o
     command = ["distill", "--model", str(tmp_path / "model"), "--data", str(data)]
     command += ["--out", str(out), "--rfm-layers", "0,1", "--pairs", "0:2,1:5", "--steps", "2"]
     result = CliRunner().invoke(app, [*command, "--save-every", "1", "--resume"])
-    assert result.exit_code != 0 and not marker.exists()
-    assert "pickle" in str(result.exception) + result.output
+    one_line_error(result, str(planted), "pickle-format file")
+    assert not marker.exists()
     # Without the planted file the same command resumes and finishes.
     planted.unlink()
     result = CliRunner().invoke(app, [*command, "--save-every", "1", "--resume"])

@@ -46,6 +46,10 @@ def test_geotiff_georeference_matches_gdal(tmp_path: Path) -> None:
         assert image.bands == (3, 2, 1) and image.band_notice is None
         for col, row in ((0, 0), (W, H), (17.5, 3.25)):
             assert georef.pixel_to_map(col, row) == pytest.approx(TRANSFORM @ (col, row))
+        # A box's ring is the true (rotated) quadrilateral, closed, corner by corner.
+        ring = georef.box_ring((8, 4, 40, 36))
+        corners = [(8, 4), (8, 36), (40, 36), (40, 4), (8, 4)]
+        assert ring == [pytest.approx(list(TRANSFORM @ corner)) for corner in corners]
 
 
 def test_pixel_is_point_is_shifted_like_gdal(tmp_path: Path) -> None:
@@ -94,6 +98,62 @@ def test_nodata_is_black_and_left_out_of_the_stretch(tmp_path: Path) -> None:
     with open_image(path, percentiles=(0, 100)) as image:
         half = image.read_region((0, 0, W, H), (H // 2, W // 2))
     assert set(np.unique(half[:, :, 0])) <= {0, 255}
+
+
+def test_eight_bit_nodata_is_black(tmp_path: Path) -> None:
+    data = np.full((3, H, W), 120, np.uint8)
+    data[:, :, : W // 2] = 255  # nodata: would be white if it were data
+    path = _write(tmp_path / "nd8.tif", data, nodata=255, photometric="RGB")
+    with open_image(path) as image:
+        assert image.nodata == 255
+        out = image.read_region((0, 0, W, H), (H, W))
+    assert (out[:, : W // 2] == 0).all() and (out[:, W // 2 :] == 120).all()
+
+
+def test_bands_count_from_one_like_gdal(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
+    from tests.test_trust import one_line_error
+
+    data = np.stack([np.full((H, W), 10 * (b + 1), np.uint8) for b in range(4)])
+    path = _write(tmp_path / "four.tif", data, photometric="MINISBLACK")
+    with open_image(path, bands=(4, 3, 2)) as image:
+        assert image.read_region((0, 0, W, H), (4, 4))[0, 0].tolist() == [40, 30, 20]
+    with open_image(path, bands=(1,)) as image:
+        assert image.read_region((0, 0, W, H), (4, 4))[0, 0].tolist() == [10, 10, 10]
+    with pytest.raises(ImageReadError, match=r"bands \[0\] out of range.*count from 1"):
+        open_image(path, bands=(0, 1, 2))
+    result = CliRunner().invoke(app, ["pyramid", str(path), "--bands", "0,1,2"])
+    one_line_error(result, str(path), "count from 1")
+
+
+def test_gdal_block_cache_is_bounded_while_reading(tmp_path: Path) -> None:
+    from rasterio.env import getenv
+
+    from lrsvqa.imagery.gdal import DEFAULT_GDAL_CACHE_BYTES, GdalSource
+
+    path = tmp_path / "img.vrt"
+    path.write_text(_vrt(_write(tmp_path / "src.tif", _pixels(3).astype(np.uint8))))
+    seen: list[int] = []
+
+    class Spy:
+        def __init__(self, dataset: object) -> None:
+            self._dataset = dataset
+
+        def read(self, **kwargs: object) -> np.ndarray:
+            seen.append(int(getenv()["GDAL_CACHEMAX"]))
+            return self._dataset.read(**kwargs)
+
+    source = GdalSource(str(path), cache_bytes=8 * 2**20)
+    try:
+        source._datasets = [Spy(d) for d in source._datasets]
+        source.read(0, (0, 8), (0, 8))
+    finally:
+        source._datasets = [spy._dataset for spy in source._datasets]
+        source.close()
+    assert seen == [8 * 2**20]
+    assert DEFAULT_GDAL_CACHE_BYTES <= 256 * 2**20  # GDAL's own default is 5% of RAM
 
 
 def _vrt(source: Path) -> str:
@@ -207,8 +267,12 @@ class _CountingRangeServer:
 def test_remote_cog_reads_a_small_fraction_of_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
     from lrsvqa.imagery.texture import render_texture
     from lrsvqa.imagery.tiles import PyramidReader
+    from tests.test_trust import one_line_error
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
@@ -235,8 +299,17 @@ def test_remote_cog_reads_a_small_fraction_of_the_file(
             tiles = reader.tiles(reader.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
         with pytest.raises(ImageReadError, match="missing.tif"):
             open_image(f"{server.url}/missing.tif")
+        # The same pixel limit as local files, and one-line CLI errors naming the URL.
+        with pytest.raises(ImageReadError, match="exceeds the limit"):
+            open_image(f"{server.url}/scene.tif", max_pixels=side * side - 1)
+        one_line_error(CliRunner().invoke(app, ["pyramid", f"{server.url}/missing.tif"]),
+                       f"{server.url}/missing.tif", "GDAL cannot open it")  # fmt: skip
+        remote_fetched = server.bytes_served
     finally:
         server.close()
+    closed = f"{server.url}/other.tif"  # nothing listens there any more
+    one_line_error(CliRunner().invoke(app, ["pyramid", closed]), closed, "GDAL cannot open it")
+    server.bytes_served = remote_fetched
     fraction = server.bytes_served / cog.stat().st_size
     print(f"fetched {server.bytes_served} of {cog.stat().st_size} bytes ({fraction:.1%})")
     assert fraction < 0.1, f"fetched {fraction:.1%} of the file"

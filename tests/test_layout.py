@@ -22,6 +22,7 @@ FLOORS: dict[str, int] = {
     "labels": 0,
     "types": 0,
     "budgets": 0,
+    "version": 0,
     "imagery": 1,
     "models": 1,
     "synthetic": 1,

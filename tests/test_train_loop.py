@@ -181,6 +181,7 @@ def test_sft_cli_trains_on_conversations_and_resumes_to_the_same_model(tmp_path)
     from lrsvqa.models.adapter import LlavaAdapter
     from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
     from lrsvqa.train.toy import TOY_WORDS, write_toy_dataset
+    from tests.test_trust import one_line_error
 
     model, processor = build_tiny_llava(TOY_WORDS, num_layers=2, seed=0)
     save_tiny_llava(model, processor, tmp_path / "model")
@@ -196,7 +197,7 @@ def test_sft_cli_trains_on_conversations_and_resumes_to_the_same_model(tmp_path)
     assert runner.invoke(app, [*stopped, "--stop-after", "3"]).exit_code == 0
     assert not (tmp_path / "b" / "model").exists()
     again = runner.invoke(app, stopped)
-    assert again.exit_code != 0 and "already holds checkpoints" in str(again.exception)
+    one_line_error(again, str(tmp_path / "b"), "already holds checkpoints")
     resumed = runner.invoke(app, [*stopped, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))

@@ -117,7 +117,7 @@ def test_run_record_is_kept_beside_the_answers_and_copied_into_the_report(bench)
     assert record["strategy"]["name"] == "test-oracle"
     options = record["strategy"]["options"]  # as parsed, defaults included
     assert options["questions"] == str(questions) and options["delay"] == 0.0
-    assert options["dtype"] == "float32" and "device" not in options
+    assert options["dtype"] == "auto" and "device" not in options
     assert len(record["questions"]["sha256"]) == 64 and record["scoring_rule"] == "normalised"
     assert set(record["software"]) == {"lrsvqa", "torch", "transformers"}
     assert all(record["software"].values()) and "commit" in record

@@ -19,9 +19,10 @@ from typer.core import TyperGroup
 
 from lrsvqa.bench.scoring import DEFAULT_RULE, RULES
 from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
-from lrsvqa.errors import LrsvqaError
+from lrsvqa.errors import LrsvqaError, OptionError
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DIP_RULES, PyramidConfig
 from lrsvqa.imagery.tiles import MAX_TILE_SIZE
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 
 # ``--rule`` choices: the open-ended scoring rules of lrsvqa.bench.scoring.
 ScoringRule = Enum("ScoringRule", {rule: rule for rule in RULES}, type=str)
@@ -33,6 +34,11 @@ _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short s
 _HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
 _POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
 _NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
+_BANDS_HELP = "Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
+_DEVICE_HELP = "Torch device, e.g. cuda:1; auto: CUDA, then MPS, then the CPU."
+_DTYPE_HELP = "float32, bfloat16 or float16; auto: the checkpoint's on a GPU, float32 on CPU."
+_ATTN_HELP = "Attention kernel: sdpa, eager, flash_attention_2, ... (default: transformers')."
+_DEVICE_MAP_HELP = "transformers device_map, e.g. auto: spread over the GPUs (then no --device)."
 
 DEBUG_ENV = "LRSVQA_DEBUG"
 #: Exit status of an error in the user's input (as for bad usage).
@@ -67,11 +73,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the release (and commit) and stop before any command."""
+    if value:
+        from lrsvqa.version import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     ctx: typer.Context,
     debug: bool = typer.Option(
         False, "--debug", help=f"Show tracebacks of input errors too (or set {DEBUG_ENV}=1)."
+    ),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the lrsvqa version (and git commit) and exit.",
     ),
 ) -> None:
     """lrsvqa: coarse-to-fine text-guided token pruning for LVLMs on large images."""
@@ -106,7 +128,9 @@ def ask(
     image: str = typer.Argument(..., help="Large image (GeoTIFF/TIFF/PNG/JPEG, JP2, VRT, URL)."),
     question: str = typer.Argument(..., help="The question."),
     model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id."),
-    rfm: Path | None = typer.Option(None, help="Trained RFM folder; training-free if omitted."),
+    rfm: str | None = typer.Option(
+        None, help="Trained RFM folder or hub id; training-free if omitted."
+    ),
     rfm_layers: str | None = typer.Option(None, help="Training-free RFM layers, e.g. 1,5,11,14."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Proportion of tokens kept at each level."),
     max_tiles: int = typer.Option(
@@ -121,13 +145,16 @@ def ask(
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=_DTYPE_HELP),
+    device: str = typer.Option(DEFAULT_DEVICE, help=_DEVICE_HELP),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
+    device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     overlay: Path | None = typer.Option(None, help="Write a PNG of attention + selected tiles."),
     json_out: bool = typer.Option(False, "--json", help="Print the trace as JSON."),
     geojson: Path | None = typer.Option(
         None, help="Write the tiles and retained tokens as GeoJSON in the image's CRS."
     ),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
 ) -> None:
     """Answer a question about a large image with coarse-to-fine inference.
 
@@ -151,12 +178,20 @@ def ask(
         rfm_layers=_int_list(rfm_layers),
         dtype=dtype,
         device=device,
+        attn_implementation=attn_implementation,
+        device_map=device_map,
         hr_pool=hr_pool,
         pool_mode=_pool_mode(hr_pool_mode),
         newline=False if no_newline else None,
     )
     result, reader = run_ask(
-        loaded, image, question, config, min_short_side=min_short_side, dip_rule=dip_rule.value
+        loaded,
+        image,
+        question,
+        config,
+        min_short_side=min_short_side,
+        dip_rule=dip_rule.value,
+        bands=_int_list(bands),
     )
     image_info = reader.image.describe()
     if json_out:
@@ -214,12 +249,19 @@ def eval_command(
         help="Answers file (default: outputs/BENCH-MODEL-STRATEGY-OPTIONSHASH.jsonl).",
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
-    rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
-    device: str | None = typer.Option(None, help="Torch device; cuda means cuda:LOCAL_RANK."),
-    dtype: str | None = typer.Option(None, help="Model dtype, e.g. float16."),
+    rfm: str | None = typer.Option(
+        None, help="RFM folder or hub id (c2f strategies), as rfm_path."
+    ),
+    device: str | None = typer.Option(
+        None, help=f"{_DEVICE_HELP} Launched: cuda:LOCAL_RANK. [default: {DEFAULT_DEVICE}]"
+    ),
+    dtype: str | None = typer.Option(None, help=f"{_DTYPE_HELP} [default: {DEFAULT_DTYPE}]"),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
+    device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
     no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
     strategy_option: list[str] = typer.Option(
         [],
         "--strategy-option",
@@ -263,9 +305,12 @@ def eval_command(
         raise typer.BadParameter("give both --rank and --world-size, or neither")
     # The one place CLI flags are mapped to option names.
     options: dict[str, object] = {"model_path": model, "rfm_path": rfm}
-    options |= {"device": device, "dtype": dtype}
+    options |= {"device": device, "dtype": dtype, "device_map": device_map}
+    options |= {"attn_implementation": attn_implementation}
     options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
     options |= {"newline": False if no_newline else None}
+    # As --strategy-option bands=4,3,2 would give it, so both name the same output.
+    options |= {"bands": ",".join(map(str, _int_list(bands) or [])) or None}
     options = {key: value for key, value in options.items() if value is not None}
     options |= _key_values(strategy_option, "--strategy-option")
     try:
@@ -485,7 +530,7 @@ def build_bench(
             max_retries=max_retries,
         )
     elif {"qa", "quality"} & set(chosen):
-        raise typer.BadParameter("the qa and quality stages need --api-base and --model")
+        raise OptionError("--api-base", "the qa and quality stages need --api-base and --model")
     config = BuildConfig(
         images=images,
         labels=labels,
@@ -527,9 +572,7 @@ def pyramid(
         PyramidConfig.min_short_side, min=1, help="Bound of the coarsest level, px."
     ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
-    bands: str | None = typer.Option(
-        None, help="Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
-    ),
+    bands: str | None = typer.Option(None, help=_BANDS_HELP),
     no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
 ) -> None:
     """Print an image's Dynamic Image Pyramid: level sizes, tile grids, scales.
@@ -667,7 +710,8 @@ def distill(
     lambda_kl: float = typer.Option(1.0, help="Weight of the KL terms."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast."),
     cpu: bool = typer.Option(False, "--cpu", help="Force CPU (multi-process CPU runs: gloo)."),
-    dtype: str = typer.Option("float32", help="Dtype of the frozen model."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=f"Frozen model: {_DTYPE_HELP}"),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
     min_short_side: int = typer.Option(
         PyramidConfig.min_short_side, min=1, help="DIP: bound of the coarsest level, px."
     ),
@@ -688,6 +732,7 @@ def distill(
 
     Multi-GPU / multi-node: accelerate launch [--multi_gpu | --config_file ...] "$(which lrsvqa)"
     distill ...; on CPU: torchrun --nproc-per-node 2 "$(which lrsvqa)" distill --cpu ...
+    The device is accelerate's (CUDA, then MPS, then the CPU; --cpu forces the CPU).
 
     Example: lrsvqa distill --model ./llava --data sft.json --image-root imgs --out rfm
     --rfm-layers 1,5,11,14 --pairs 0:0,4:14 --steps 2000 --grad-accum 8 --bf16
@@ -719,6 +764,7 @@ def distill(
         mixed_precision="bf16" if bf16 else "no",
         cpu=cpu,
         model_dtype=dtype,
+        attn_implementation=attn_implementation,
         min_short_side=min_short_side,
         dip_rule=dip_rule.value,
         hr_pool=hr_pool,
@@ -754,7 +800,9 @@ def sft(
     save_every: int = typer.Option(200, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int | None = typer.Option(None, min=1, help="Steps per log line [25]."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
-    dtype: str = typer.Option("float32", help="Dtype of the model."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=_DTYPE_HELP),
+    device: str = typer.Option(DEFAULT_DEVICE, help=_DEVICE_HELP),
+    attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
     min_short_side: int = typer.Option(1008, min=1, help="DIP: bound of the coarsest level, px."),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
@@ -798,6 +846,8 @@ def sft(
         stop_after=stop_after,
         resume=resume,
         dtype=dtype,
+        device=device,
+        attn_implementation=attn_implementation,
     )
     typer.echo(json.dumps(report, indent=2))
 

@@ -11,6 +11,7 @@ from rich.table import Table
 from lrsvqa.imagery.georef import GeoReference
 from lrsvqa.imagery.pyramid import PyramidGeometry
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.strategies.c2f import CoarseToFine, CoarseToFineConfig, CoarseToFineResult
 
@@ -29,8 +30,10 @@ def load_model(
     rfm: str | Path | None = None,
     *,
     rfm_layers: list[int] | None = None,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
     hr_pool: int | None = None,
     pool_mode: str | None = None,
     newline: bool | None = None,
@@ -41,10 +44,13 @@ def load_model(
 
     Args:
         model: Checkpoint folder or hub id.
-        rfm: Folder written by ``RegionFocusModule.save`` (``lrsvqa distill --out``).
+        rfm: RFM folder (``lrsvqa distill --out``) or hub id
+            (``RegionFocusModule.from_pretrained``).
         rfm_layers: LLM layers for the training-free RFM (default: scaled (1, 5, 11, 14)).
         dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
-        device: Torch device.
+        device: Torch device or ``auto`` (CUDA, then MPS, then the CPU).
+        attn_implementation: Attention kernel transformers uses (None: its choice).
+        device_map: transformers ``device_map`` (e.g. ``auto``); replaces ``device``.
         hr_pool: Pooling stride of the high-resolution tiles (None: the checkpoint's).
         pool_mode: How they are pooled (None: the checkpoint's).
         newline: False feeds no row-end tokens (None: the model's own).
@@ -52,7 +58,14 @@ def load_model(
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
     adapter = shared_adapter(
-        model, dtype, device, hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
+        model,
+        dtype,
+        device,
+        attn_implementation=attn_implementation,
+        device_map=device_map,
+        hr_pool=hr_pool,
+        pool_mode=pool_mode,
+        newline=newline,
     )
     return LoadedModel(adapter, shared_rfm(adapter, rfm, rfm_layers), training_free=rfm is None)
 

@@ -253,9 +253,17 @@ def merge_answer_files(shards: Sequence[Path], output: Path) -> int:
 
     Returns:
         Number of records written.
+
+    Raises:
+        AnswerFileError: A shard file is missing or not a file (merging it as empty
+            would silently drop a rank's answers).
     """
     from lrsvqa.bench.run_record import merge_run_records
 
+    for shard in shards:
+        if not Path(shard).is_file():
+            problem = "not a file" if Path(shard).exists() else "no such file"
+            raise AnswerFileError(shard, f"{problem} (a shard to merge)")
     records = unique_records(record for shard in shards for record in load_answers(shard)[0])
     write_answers_atomic(output, records)
     merge_run_records(shards, output)

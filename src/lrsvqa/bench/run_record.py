@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,11 +30,12 @@ import lrsvqa
 from lrsvqa.errors import RunMismatchError
 from lrsvqa.models.checkpoint import fingerprint
 from lrsvqa.strategies.registry import strategy_entry
+from lrsvqa.version import source_commit
 
 RECORD_SUFFIX = ".run.json"
 #: Options that are not part of the strategy's identity: where it runs, and the
 #: model and RFM, which are compared by their fingerprints instead of their paths.
-_NOT_IDENTITY_OPTIONS = ("device", "model_path", "rfm_path")
+_NOT_IDENTITY_OPTIONS = ("device", "device_map", "model_path", "rfm_path")
 #: Parts of a record that must be equal to resume.
 IDENTITY = ("bench", "questions", "prompt", "strategy", "model", "rfm", "software")
 
@@ -75,29 +75,6 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _commit() -> str | None:
-    """The source checkout's commit (``+dirty`` with uncommitted changes), if it is one."""
-    here = Path(lrsvqa.__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "") if commit else None
 
 
 def _file_sha256(path: Path) -> str:
@@ -145,7 +122,7 @@ def make_run_record(
             "torch": _version("torch"),
             "transformers": _version("transformers"),
         },
-        "commit": _commit(),
+        "commit": source_commit(),
         "device": _plain(options.get("device")),
         "scoring_rule": rule,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

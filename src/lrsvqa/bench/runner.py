@@ -58,6 +58,7 @@ from lrsvqa.bench.run_record import (
     write_run_record,
 )
 from lrsvqa.bench.scoring import DEFAULT_RULE
+from lrsvqa.models.placement import DEFAULT_DEVICE, resolve_device
 from lrsvqa.strategies.base import Strategy, StrategyResult
 from lrsvqa.strategies.registry import build_strategy
 
@@ -333,8 +334,8 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
     and ``WORLD_SIZE`` set) answers its contiguous shard into its own file; all ranks
     meet at a barrier, then rank 0 merges the shards into ``output`` and scores.
     With explicit ``rank``/``world_size`` (e.g. separate jobs) each process writes its
-    shard and ``lrsvqa merge`` combines them later. With ``device="cuda"`` a launched
-    rank uses ``cuda:LOCAL_RANK``.
+    shard and ``lrsvqa merge`` combines them later. With ``device`` ``cuda`` (or ``auto``
+    on a CUDA machine) a launched rank uses ``cuda:LOCAL_RANK``.
 
     Every answers file gets a run record beside it, and a rerun resumes it only when
     the record matches (:mod:`lrsvqa.bench.run_record`); the report carries it.
@@ -362,7 +363,8 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
 
         wordnet()
     options = dict(config.strategy_options)
-    if launched and options.get("device") == "cuda":
+    device = resolve_device(options.get("device", DEFAULT_DEVICE))
+    if launched and device.type == "cuda" and device.index is None:
         options["device"] = f"cuda:{local_rank}"
     sharded = world_size > 1
     output = shard_path(config.output, rank, world_size) if sharded else config.output

@@ -27,11 +27,17 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PreTrainedModel,
+)
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
-from lrsvqa.errors import ModelLoadError
+from lrsvqa.errors import LrsvqaError, ModelLoadError
 from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
 POOL_MODES = ("bilinear", "average", "max")
@@ -96,24 +102,6 @@ class PromptParts:
     suffix_ids: torch.Tensor
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype == "auto":
-        return None
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)} or 'auto'")
-    return names[dtype]
-
-
 class LlavaAdapter:
     """Uniform access to the vision tower, projector and LLM of a LLaVA-family model.
 
@@ -161,9 +149,10 @@ class LlavaAdapter:
         cls,
         path: str | Path,
         *,
-        dtype: str | torch.dtype | None = "float32",
-        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = DEFAULT_DTYPE,
+        device: str | torch.device = DEFAULT_DEVICE,
         attn_implementation: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
         options: VisionTokenOptions | None = None,
     ) -> LlavaAdapter:
         """Load a checkpoint (local folder or hub id) in the requested dtype and device.
@@ -172,26 +161,38 @@ class LlavaAdapter:
         for a mistyped name) and local weight files are checked for truncation, so
         every failure names the folder or file. Remote code is never trusted.
 
+        Args:
+            path: Checkpoint folder or hub id.
+            dtype: Weight dtype name or ``auto`` (:func:`resolve_dtype`).
+            device: Torch device or ``auto`` (:func:`resolve_device`); ignored with
+                ``device_map``.
+            attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``, ... (None:
+                transformers' choice).
+            device_map: Passed to transformers (e.g. ``auto``: accelerate spreads the
+                weights over the GPUs and the CPU); the model is then not moved.
+            options: Pooling and row-end tokens (default: the checkpoint's).
+
         Raises:
             ModelLoadError: Naming the folder, hub id or weight file at fault.
         """
-        kwargs = {}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
         location = resolve_checkpoint(path)
         if Path(location).is_dir():
             check_weight_files(Path(location))
+        target = resolve_device(device)
         try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
             processor = AutoProcessor.from_pretrained(location, trust_remote_code=False)
             model = AutoModelForImageTextToText.from_pretrained(
-                location, dtype=_resolve_dtype(dtype), trust_remote_code=False, **kwargs
+                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
             )
+        except LrsvqaError:
+            raise
         except (OSError, ValueError, KeyError, SafetensorError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ModelLoadError(
                 path, f"cannot load a LLaVA model ({type(error).__name__}: {first})"
             ) from error
-        return cls(model.to(device), processor, options)
+        return cls(model if device_map is not None else model.to(target), processor, options)
 
     def with_options(
         self,
@@ -397,9 +398,18 @@ class LlavaAdapter:
     # ------------------------------------------------------------------ LLM
     @torch.no_grad()
     def generate(
-        self, inputs_embeds: torch.Tensor, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        position_ids: torch.Tensor | None = None,
     ) -> str:
-        """Greedy generation from assembled embeddings; returns the decoded new text."""
+        """Greedy generation from assembled embeddings; returns the decoded new text.
+
+        ``position_ids`` is accepted for the adapter interface and must be None: LLaVA's
+        positions are the sequence index.
+        """
+        if position_ids is not None:
+            raise ValueError("LLaVA models take no explicit position ids")
         attention_mask = torch.ones(
             inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device
         )

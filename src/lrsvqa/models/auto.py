@@ -10,6 +10,7 @@ import torch
 
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.checkpoint import resolve_checkpoint
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.models.qwen_adapter import QwenVLAdapter, is_qwen_vl
 
 Adapter = LlavaAdapter | QwenVLAdapter
@@ -37,8 +38,8 @@ def checkpoint_model_type(path: str | Path) -> str | None:
 def load_adapter(
     path: str | Path,
     *,
-    dtype: str | torch.dtype | None = "float32",
-    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = DEFAULT_DTYPE,
+    device: str | torch.device = DEFAULT_DEVICE,
     **kwargs: Any,
 ) -> Adapter:
     """Load a checkpoint with the adapter of its family (Qwen-VL, else LLaVA)."""

@@ -35,6 +35,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -44,10 +45,11 @@ from transformers import (
 )
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
-from lrsvqa.errors import ModelLoadError
-from lrsvqa.models.adapter import PromptParts, VisionTokenOptions, _resolve_dtype
+from lrsvqa.errors import LrsvqaError, ModelLoadError
+from lrsvqa.models.adapter import PromptParts, VisionTokenOptions
 from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
 from lrsvqa.models.layout import VisionSegment
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
 QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 IMAGE_TOKEN = "<|image_pad|>"
@@ -190,9 +192,10 @@ class QwenVLAdapter:
         cls,
         path: str | Path,
         *,
-        dtype: str | torch.dtype | None = "float32",
-        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = DEFAULT_DTYPE,
+        device: str | torch.device = DEFAULT_DEVICE,
         attn_implementation: str | None = None,
+        device_map: str | dict[str, Any] | None = None,
         options: QwenVLOptions | None = None,
     ) -> QwenVLAdapter:
         """Load a checkpoint (local folder or hub id) as :meth:`LlavaAdapter.from_pretrained`.
@@ -200,21 +203,24 @@ class QwenVLAdapter:
         Raises:
             ModelLoadError: Naming the folder, hub id or weight file at fault.
         """
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         location = resolve_checkpoint(path)
         if Path(location).is_dir():
             check_weight_files(Path(location))
+        target = resolve_device(device)
         try:
+            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
             processor = load_qwen_processor(location)
             model = AutoModelForImageTextToText.from_pretrained(
-                location, dtype=_resolve_dtype(dtype), trust_remote_code=False, **kwargs
+                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
             )
+        except LrsvqaError:
+            raise
         except (OSError, ValueError, KeyError, SafetensorError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ModelLoadError(
                 path, f"cannot load a Qwen-VL model ({type(error).__name__}: {first})"
             ) from error
-        return cls(model.to(device), processor, options)
+        return cls(model if device_map is not None else model.to(target), processor, options)
 
     def with_options(
         self,

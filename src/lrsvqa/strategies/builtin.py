@@ -1,9 +1,9 @@
 """Every inference method behind the :class:`Strategy` interface, registered by name.
 
 ``thumbnail``, ``anyres-p4/p9/p25/p144``, ``fullres``, ``visionzip``, ``prumerge++``,
-``fastv``, ``pdrop``, ``c2f`` and ``c2f-nodip`` are registered here with their options
-(:mod:`.options`; ``lrsvqa strategies`` lists them) and their token counters
-(:mod:`.counters`). Strategies built in one process share one loaded model per
+``fastv``, ``pdrop``, ``native`` (Qwen-VL), ``c2f`` and ``c2f-nodip`` are registered
+here with their options (:mod:`.options`; ``lrsvqa strategies`` lists them) and their
+token counters (:mod:`.counters`). Strategies built in one process share one loaded model per
 ``(path, dtype, device)`` (and one RFM per model and RFM source). Every result carries
 the theoretical TFLOPs of :mod:`lrsvqa.flops` computed from the token counts the model
 actually saw.
@@ -28,9 +28,10 @@ from lrsvqa.imagery.anyres import ANYRES_MAX_TILES, AnyresGeometry
 from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
-from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.auto import load_adapter
-from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.models.adapter import LlavaAdapter, PromptParts
+from lrsvqa.models.auto import load_adapter, uses_mrope
+from lrsvqa.models.layout import VisionSegment, layout_vision_tokens, tile_token_positions
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
 from lrsvqa.strategies import counters
@@ -42,6 +43,7 @@ from lrsvqa.strategies.options import (
     C2FOptions,
     FastVOptions,
     FullResOptions,
+    NativeOptions,
     PDropOptions,
     PruMergeOptions,
     RFMOptions,
@@ -52,7 +54,7 @@ from lrsvqa.strategies.registry import ModelOptions, NoOptions, register_strateg
 from lrsvqa.strategies.visionzip import visionzip_crops
 
 _LOCK = threading.Lock()
-_ADAPTERS: dict[tuple[str, str, str], LlavaAdapter] = {}
+_ADAPTERS: dict[tuple[str, ...], LlavaAdapter] = {}
 _VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
 # RFMs per adapter object (not per ``id()``: a freed adapter's id can be reused by the next).
 _RFMS: weakref.WeakKeyDictionary[LlavaAdapter, dict[tuple[Any, ...], RegionFocusModule]] = (
@@ -66,16 +68,30 @@ def _path_key(path: str | Path) -> str:
     return str(local.resolve()) if local.exists() else str(path)
 
 
+def _adapter_key(
+    model_path: str | Path,
+    dtype: str,
+    device: str,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
+) -> tuple[str, ...]:
+    """Which loaded model a request shares: ``auto`` and the device it picks are one."""
+    where = str(device_map) if device_map is not None else str(resolve_device(device))
+    return (_path_key(model_path), str(dtype), where, str(attn_implementation))
+
+
 def shared_adapter(
     model_path: str | Path,
-    dtype: str = "float32",
-    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
     *,
+    attn_implementation: str | None = None,
+    device_map: str | None = None,
     hr_pool: int | None = None,
     pool_mode: str | None = None,
     newline: bool | None = None,
 ) -> LlavaAdapter:
-    """The process-wide model for ``(path, dtype, device)``, loaded on first use.
+    """The process-wide model for ``(path, dtype, device, ...)``, loaded on first use.
 
     The adapter is chosen by the checkpoint's model type (:func:`load_adapter`).
 
@@ -83,10 +99,16 @@ def shared_adapter(
     it returns a view sharing the weights, kept for the process like the model, so
     strategies asking for the same options share it (and its RFM).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device, attn_implementation, device_map)
     with _LOCK:
         if key not in _ADAPTERS:
-            _ADAPTERS[key] = load_adapter(model_path, dtype=dtype, device=device)
+            _ADAPTERS[key] = load_adapter(
+                model_path,
+                dtype=dtype,
+                device=device,
+                attn_implementation=attn_implementation,
+                device_map=device_map,
+            )
         view_key = (*key, hr_pool, pool_mode, newline)
         if view_key not in _VIEWS:
             _VIEWS[view_key] = _ADAPTERS[key].with_options(
@@ -96,16 +118,19 @@ def shared_adapter(
 
 
 def share_adapter(
-    model_path: str | Path, adapter: LlavaAdapter, dtype: str = "float32", device: str = "cpu"
+    model_path: str | Path,
+    adapter: LlavaAdapter,
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
 ) -> None:
     """Make an already built model the one strategies get for ``(model_path, dtype, device)``.
 
     For models that exist only in memory (benchmarks on random weights of a real size).
     """
-    key = (_path_key(model_path), str(dtype), str(device))
+    key = _adapter_key(model_path, dtype, device)
     with _LOCK:
         _ADAPTERS[key] = adapter
-        for view_key in [k for k in _VIEWS if k[:3] == key]:
+        for view_key in [k for k in _VIEWS if k[: len(key)] == key]:
             del _VIEWS[view_key]
 
 
@@ -121,7 +146,7 @@ def shared_rfm(
         rfms = _RFMS.setdefault(adapter, {})
         if key not in rfms:
             if rfm_path is not None:
-                rfms[key] = RegionFocusModule.load(rfm_path, adapter)
+                rfms[key] = RegionFocusModule.from_pretrained(rfm_path, adapter=adapter)
             else:
                 rfms[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
         return rfms[key]
@@ -143,9 +168,14 @@ class AnyresImage:
     tiles: list[np.ndarray]
 
 
-def read_anyres(path: Path, max_tiles: int, tile_size: int) -> AnyresImage:
-    """Read the base view and the canvas tiles of anyres-pX (I/O only)."""
-    with open_image(path) as image:
+def read_anyres(
+    path: Path, max_tiles: int, tile_size: int, bands: tuple[int, ...] | None = None
+) -> AnyresImage:
+    """Read the base view and the canvas tiles of anyres-pX (I/O only).
+
+    ``bands``: 1-based bands shown as R, G, B (None: from the file), as in GDAL.
+    """
+    with open_image(path, bands=bands) as image:
         geometry = AnyresGeometry.for_image(image.height, image.width, max_tiles, tile_size)
         whole = (0.0, 0.0, float(image.width), float(image.height))
         base = image.read_region(whole, (tile_size, tile_size))
@@ -159,6 +189,17 @@ def read_anyres(path: Path, max_tiles: int, tile_size: int) -> AnyresImage:
 
 def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
     """LLaVA-NeXT's vision sequence: base tokens, unpadded (pooled) grid rows, row ends."""
+    return anyres_layout(adapter, image)[0]
+
+
+def anyres_layout(
+    adapter: LlavaAdapter, image: AnyresImage
+) -> tuple[torch.Tensor, list[VisionSegment]]:
+    """:func:`anyres_sequence` and its segments (base view, then the canvas grid).
+
+    The segments place the tokens for models with 2-D positions (Qwen-VL): the base
+    view on its own grid, the unpadded grid tokens at their canvas cells.
+    """
     tokens = adapter.encode_tiles([image.base, *image.tiles])
     g = adapter.tokens_per_side
     positions = tile_token_positions(image.geometry.tiles(), g)
@@ -169,14 +210,41 @@ def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
     )  # fmt: skip
     grid_tokens = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
     keep = torch.as_tensor(np.flatnonzero(inside), dtype=torch.long, device=grid_tokens.device)
-    sequence, _, _ = layout_vision_tokens(
+    sequence, _, order = layout_vision_tokens(
         grid_tokens[keep], positions[inside], tokens[0], adapter.image_newline
     )
-    return sequence
+    rows, cols = image.geometry.grid
+    segments = [
+        _full_segment(adapter.encoder_tokens_per_side),
+        VisionSegment(positions[inside][order], (rows * g, cols * g)),
+    ]
+    return sequence, segments
+
+
+def _full_segment(side: int) -> VisionSegment:
+    """Every cell of a ``side`` x ``side`` grid in raster order (a thumbnail or base view)."""
+    return VisionSegment(np.stack(np.divmod(np.arange(side * side), side), axis=1), (side, side))
+
+
+def sequence_positions(
+    adapter: LlavaAdapter, prompt: PromptParts, segments: list[VisionSegment]
+) -> torch.Tensor | None:
+    """The adapter's M-RoPE positions of a sequence, or None where positions are 1-D."""
+    return adapter.position_ids(prompt, segments) if uses_mrope(adapter) else None
 
 
 def model_dims(adapter: LlavaAdapter) -> ModelDims:
     """The FLOPs dimensions of the model as the adapter feeds it (pooling, row ends)."""
+    if uses_mrope(adapter):
+        text = adapter.config.text_config
+        return ModelDims(
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_layers=text.num_hidden_layers,
+            tile_size=adapter.tile_size,
+            patch_size=adapter.tile_size // adapter.tokens_per_side,
+            image_newline=False,
+        )
     return replace(
         ModelDims.from_config(adapter.config.to_dict()),
         hr_pool=adapter.options.hr_pool,
@@ -189,6 +257,9 @@ class _ModelStrategy:
     """What every strategy shares: the model, its dimensions and result assembly."""
 
     name: str
+    #: 1-based source bands shown as R, G, B (or one as grey), as in GDAL; None: the
+    #: ones the file calls red, green and blue (``ModelOptions.bands``, ``--bands``).
+    bands: tuple[int, ...] | None = None
 
     def __init__(self, name: str, adapter: LlavaAdapter, max_new_tokens: int) -> None:
         self.name = name
@@ -224,7 +295,9 @@ class ThumbnailStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> np.ndarray:
         """Read the thumbnail (long side ``B``, padded bottom/right)."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             return reader.thumbnail()
 
     @torch.no_grad()
@@ -232,8 +305,11 @@ class ThumbnailStrategy(_ModelStrategy):
         """Answer from the thumbnail's tokens only."""
         adapter = self.adapter
         tokens = adapter.encode_tiles([prepared])[0]
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), tokens)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, tokens)
+        segments = [_full_segment(adapter.encoder_tokens_per_side)]
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         n = int(tokens.shape[0])
         count = TokenCount(self.name, n, self._all_layers(n))
         return self._result(answer, count, int(embeds.shape[1]), {"thumbnail_tokens": n})
@@ -265,11 +341,15 @@ class FullResolutionStrategy(_ModelStrategy):
         # The last image's vision sequence, so several questions on one image encode it
         # once. The image is held by a weak reference compared with ``is``: an ``id()``
         # key would match a later image that CPython allocated at a freed one's address.
-        self._encoded: tuple[weakref.ref[FullResolutionImage], torch.Tensor] | None = None
+        self._encoded: (
+            tuple[weakref.ref[FullResolutionImage], torch.Tensor, list[VisionSegment]] | None
+        ) = None
 
     def prepare(self, image_path: Path) -> FullResolutionImage:
         """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
-        with PyramidReader.open(image_path, tile_size=self.adapter.tile_size) as reader:
+        with PyramidReader.open(
+            image_path, tile_size=self.adapter.tile_size, bands=self.bands
+        ) as reader:
             finest = len(reader.geometry.levels) - 1
             level = reader.geometry.levels[finest]
             if level.num_tiles > self.max_tiles:
@@ -289,11 +369,22 @@ class FullResolutionStrategy(_ModelStrategy):
             tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
             hr = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
             positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
-            sequence, _, _ = layout_vision_tokens(hr, positions, tokens[0], adapter.image_newline)
-            self._encoded = (weakref.ref(prepared), sequence)
-        sequence = self._encoded[1]
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+            sequence, _, order = layout_vision_tokens(
+                hr, positions, tokens[0], adapter.image_newline
+            )
+            rows = max(r for r, _ in prepared.positions) + 1
+            cols = max(c for _, c in prepared.positions) + 1
+            g = adapter.tokens_per_side
+            segments = [
+                _full_segment(adapter.encoder_tokens_per_side),
+                VisionSegment(positions[order], (rows * g, cols * g)),
+            ]
+            self._encoded = (weakref.ref(prepared), sequence, segments)
+        _, sequence, segments = self._encoded
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         encoded = (1 + len(prepared.tiles)) * adapter.thumbnail_tokens
         count = TokenCount(self.name, encoded, self._all_layers(int(sequence.shape[0])))
         return self._result(answer, count, int(embeds.shape[1]), {"tiles": len(prepared.tiles)})
@@ -312,7 +403,7 @@ class AnyresStrategy(_ModelStrategy):
 
     def prepare(self, image_path: Path) -> AnyresImage:
         """Read the base view and canvas tiles."""
-        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size)
+        return read_anyres(image_path, self.grid_tiles, self.adapter.tile_size, self.bands)
 
     def _trace(self, image: AnyresImage) -> dict[str, Any]:
         return {
@@ -327,9 +418,11 @@ class AnyresStrategy(_ModelStrategy):
     def answer(self, prepared: AnyresImage, question: str) -> StrategyResult:
         """Answer from the full anyres sequence."""
         adapter = self.adapter
-        sequence = anyres_sequence(adapter, prepared)
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+        sequence, segments = anyres_layout(adapter, prepared)
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         n = int(sequence.shape[0])
         count = TokenCount(self.name, self._encoded(prepared), self._all_layers(n))
         return self._result(answer, count, int(embeds.shape[1]), self._trace(prepared))
@@ -403,9 +496,13 @@ class LLMDropStrategy(AnyresStrategy):
     def answer(self, prepared: AnyresImage, question: str) -> StrategyResult:
         """Answer with staged prefill and greedy decoding on the pruned cache."""
         adapter = self.adapter
-        sequence = anyres_sequence(adapter, prepared)
-        embeds, vision_slice = adapter.assemble(adapter.prompt_parts(question), sequence)
-        generation = self.decoder.generate(embeds, vision_slice, self.drops, self.max_new_tokens)
+        sequence, segments = anyres_layout(adapter, prepared)
+        prompt = adapter.prompt_parts(question)
+        embeds, vision_slice = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        generation = self.decoder.generate(
+            embeds, vision_slice, self.drops, self.max_new_tokens, position_ids=positions
+        )
         per_layer = tuple(generation.vision_tokens_per_layer)
         count = TokenCount(self.name, self._encoded(prepared), per_layer)
         trace = self._trace(prepared) | {
@@ -413,6 +510,64 @@ class LLMDropStrategy(AnyresStrategy):
             "vision_tokens_per_layer": list(per_layer),
         }
         return self._result(generation.answer, count, int(embeds.shape[1]), trace)
+
+
+class NativeStrategy(_ModelStrategy):
+    """A Qwen-VL model's own dynamic resolution: the whole image under a pixel budget.
+
+    The image is read once at the size Qwen-VL's resize rule gives it
+    (:func:`budgets.native_size`; a gigapixel image is never read whole) and handed to
+    the model's own processor and ``generate``, which place its tokens themselves: the
+    LRS-VQA paper's Fig. 5 setting.
+    """
+
+    def __init__(
+        self, name: str, adapter: LlavaAdapter, max_new_tokens: int, options: NativeOptions
+    ) -> None:
+        if not uses_mrope(adapter):
+            raise ValueError(
+                "native is a Qwen-VL model's own dynamic resolution; "
+                f"model type {adapter.config.model_type!r} has none (use anyres-pX)"
+            )
+        super().__init__(name, adapter, max_new_tokens)
+        self.options = options
+
+    def prepare(self, image_path: Path) -> np.ndarray:
+        """Read the whole image at its native-resolution size."""
+        options, unit = self.options, self.dims.patch_size
+        with open_image(image_path) as image:
+            size = budgets.native_size(
+                image.height, image.width, unit, options.min_pixels, options.max_pixels
+            )
+            whole = (0.0, 0.0, float(image.width), float(image.height))
+            return image.read_region(whole, size)
+
+    @torch.no_grad()
+    def answer(self, prepared: np.ndarray, question: str) -> StrategyResult:
+        """Answer through the model's own processor and ``generate``."""
+        from PIL import Image
+
+        adapter = self.adapter
+        inputs = adapter.processor(
+            images=Image.fromarray(prepared),
+            text=adapter.chat_text(question),
+            do_resize=False,
+            return_tensors="pt",
+        ).to(adapter.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
+        output = adapter.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=adapter.tokenizer.pad_token_id,
+        )
+        length = int(inputs["input_ids"].shape[1])
+        answer = adapter.tokenizer.decode(output[0, length:], skip_special_tokens=True).strip()
+        unit = self.dims.patch_size
+        n = (prepared.shape[0] // unit) * (prepared.shape[1] // unit)
+        count = TokenCount(self.name, n, self._all_layers(n))
+        trace = {"resized": [int(prepared.shape[0]), int(prepared.shape[1])], "tokens": n}
+        return self._result(answer, count, length, trace)
 
 
 class CoarseToFineStrategy(_ModelStrategy):
@@ -455,8 +610,9 @@ class CoarseToFineStrategy(_ModelStrategy):
                 tile_size=b,
                 min_short_side=self.pyramid.min_short_side,
                 dip_rule=self.pyramid.dip_rule,
+                bands=self.bands,
             )
-        image = open_image(image_path)
+        image = open_image(image_path, bands=self.bands)
         try:
             grid = AnyresGeometry.for_image(image.height, image.width, self.grid_tiles, b).grid
             return PyramidReader(image, grid_geometry(image.height, image.width, grid, b))
@@ -526,6 +682,8 @@ def _adapter(model: ModelOptions) -> LlavaAdapter:
         model.model_path,
         model.dtype,
         model.device,
+        attn_implementation=model.attn_implementation,
+        device_map=model.device_map,
         hr_pool=model.hr_pool,
         pool_mode=model.hr_pool_mode,
         newline=model.newline,
@@ -549,11 +707,27 @@ def make_fullres(model: ModelOptions, options: FullResOptions) -> FullResolution
     )
 
 
+def _clip_adapter(model: ModelOptions, name: str) -> LlavaAdapter:
+    """The shared model, refused where it has no CLIP-style [CLS] token to rank by."""
+    adapter = _adapter(model)
+    if uses_mrope(adapter):
+        raise ValueError(
+            f"{name} ranks tokens by the vision tower's [CLS] attention, which "
+            f"Qwen-VL's vision transformer has not"
+        )
+    return adapter
+
+
+def make_native(model: ModelOptions, options: NativeOptions) -> NativeStrategy:
+    """Factory of ``native``."""
+    return NativeStrategy("native", _adapter(model), model.max_new_tokens, options)
+
+
 def make_visionzip(model: ModelOptions, options: VisionZipOptions) -> CropReductionStrategy:
     """Factory of ``visionzip``."""
     return CropReductionStrategy(
         "visionzip",
-        _adapter(model),
+        _clip_adapter(model, "visionzip"),
         model.max_new_tokens,
         options.grid_tiles,
         partial(visionzip_crops, retained=options.retained),
@@ -564,7 +738,7 @@ def make_prumerge(model: ModelOptions, options: PruMergeOptions) -> CropReductio
     """Factory of ``prumerge++``."""
     return CropReductionStrategy(
         "prumerge++",
-        _adapter(model),
+        _clip_adapter(model, "prumerge++"),
         model.max_new_tokens,
         options.grid_tiles,
         partial(prumerge_crops, ratio=options.ratio, neighbours=options.neighbours),
@@ -605,64 +779,82 @@ def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFin
     return CoarseToFineStrategy("c2f-nodip", adapter, rfm, config, grid_tiles=options.grid_tiles)
 
 
+def _reading(factory: Callable[[ModelOptions, Any], _ModelStrategy]) -> Callable:
+    """``factory`` whose strategies read images with the model options' ``bands``."""
+
+    def build(model: ModelOptions, options: Any) -> _ModelStrategy:
+        strategy = factory(model, options)
+        strategy.bands = model.bands
+        return strategy
+
+    return build
+
+
 register_strategy(
     "thumbnail",
-    make_thumbnail,
+    _reading(make_thumbnail),
     counter=counters.count_thumbnail,
     summary="LLaVA-1.5 style: one view of the whole image.",
 )
 for _tiles in ANYRES_MAX_TILES:
     register_strategy(
         f"anyres-p{_tiles}",
-        partial(make_anyres, max_tiles=_tiles),
+        _reading(partial(make_anyres, max_tiles=_tiles)),
         counter=partial(counters.count_anyres, max_tiles=_tiles),
         summary=f"LLaVA-NeXT anyres, at most {_tiles} tiles, every token to the LLM.",
     )
 register_strategy(
     "fullres",
-    make_fullres,
+    _reading(make_fullres),
     options=FullResOptions,
     counter=counters.count_fullres,
     summary="Every tile at full resolution, where it fits (paper Fig. 1(b)).",
 )
 register_strategy(
     "visionzip",
-    make_visionzip,
+    _reading(make_visionzip),
     options=VisionZipOptions,
     counter=counters.count_visionzip,
     summary="VisionZip: dominant + contextual tokens of every anyres crop.",
 )
 register_strategy(
     "prumerge++",
-    make_prumerge,
+    _reading(make_prumerge),
     options=PruMergeOptions,
     counter=counters.count_prumerge,
     summary="PruMerge+: outlier tokens of every anyres crop, merged.",
 )
 register_strategy(
     "fastv",
-    partial(make_llm_drop, name="fastv"),
+    _reading(partial(make_llm_drop, name="fastv")),
     options=FastVOptions,
     counter=counters.count_fastv,
     summary="FastV: vision tokens cut once inside the LLM.",
 )
 register_strategy(
     "pdrop",
-    partial(make_llm_drop, name="pdrop"),
+    _reading(partial(make_llm_drop, name="pdrop")),
     options=PDropOptions,
     counter=counters.count_pdrop,
     summary="PyramidDrop: vision tokens cut at each LLM stage.",
 )
 register_strategy(
+    "native",
+    make_native,
+    options=NativeOptions,
+    counter=counters.count_native,
+    summary="Qwen-VL only: its own dynamic resolution under max_pixels (paper Fig. 5).",
+)
+register_strategy(
     "c2f",
-    make_c2f,
+    _reading(make_c2f),
     options=C2FOptions,
     counter=counters.count_c2f,
     summary="Coarse-to-fine text-guided pruning on the DIP (paper Alg. 1).",
 )
 register_strategy(
     "c2f-nodip",
-    make_c2f_nodip,
+    _reading(make_c2f_nodip),
     options=C2FNoDipOptions,
     counter=counters.count_c2f_nodip,
     summary="RFM pruning on one anyres grid, no pyramid (paper Tab. 5).",

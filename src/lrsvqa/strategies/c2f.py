@@ -22,7 +22,8 @@ import torch
 
 from lrsvqa.budgets import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_TILES
 from lrsvqa.imagery.pyramid import PyramidGeometry
-from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.adapter import LlavaAdapter, PromptParts
+from lrsvqa.models.auto import uses_mrope
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions, top_alpha
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.types import Box
@@ -177,7 +178,10 @@ class CoarseToFine:
             sequence, hr_index, order = layout_vision_tokens(hr, positions, thumbnail, newline)
             embeds, vision_slice = adapter.assemble(prompt, sequence)
             sorted_positions = positions[order]
-            scores = self.score_level(embeds, vision_slice, hr_index, level_index, sorted_positions)
+            position_ids = self._position_ids(prompt, level.grid, sorted_positions)
+            scores = self.score_level(
+                embeds, vision_slice, hr_index, level_index, sorted_positions, position_ids
+            )
             if level_index == 0:
                 coarse_scores = self._score_map(level.token_grid(g), sorted_positions, scores)
             keep = top_alpha(scores, config.alpha).cpu().numpy()
@@ -216,7 +220,8 @@ class CoarseToFine:
             retained, retained_positions, thumbnail, newline
         )
         embeds, _ = adapter.assemble(prompt, final_sequence)
-        answer = adapter.generate(embeds, config.max_new_tokens)
+        position_ids = self._position_ids(prompt, level.grid, retained_positions)
+        answer = adapter.generate(embeds, config.max_new_tokens, position_ids=position_ids)
         return CoarseToFineResult(
             answer=answer,
             levels=traces,
@@ -231,6 +236,19 @@ class CoarseToFine:
             retained_scores=scores[torch.as_tensor(keep_sorted, dtype=torch.long)].tolist(),
         )
 
+    def _position_ids(
+        self, prompt: PromptParts, grid: tuple[int, int], positions: np.ndarray
+    ) -> torch.Tensor | None:
+        """M-RoPE positions of ``[prompt, thumbnail, level tokens at positions]``, or None.
+
+        None for models with 1-D positions (LLaVA: the sequence index).
+        """
+        adapter = self.adapter
+        if not uses_mrope(adapter):
+            return None
+        segments = [adapter.thumbnail_segment(), adapter.segment_of_tiles(grid, positions)]
+        return adapter.position_ids(prompt, segments)
+
     def score_level(
         self,
         embeds: torch.Tensor,
@@ -238,6 +256,7 @@ class CoarseToFine:
         hr_index: np.ndarray,
         level_index: int,
         positions: np.ndarray,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Normalised RFM scores of a level's high-resolution tokens (Alg. 1 lines 3-4).
 
@@ -247,11 +266,13 @@ class CoarseToFine:
             hr_index: Index of each high-resolution token inside the vision tokens.
             level_index: The level being scored (0 = coarsest).
             positions: Global grid positions of those tokens, aligned with ``hr_index``.
+            position_ids: The sequence's M-RoPE positions (None: 1-D, LLaVA).
 
         Returns:
             One score per high-resolution token, summing to one.
         """
-        scores = self.rfm.vision_scores(embeds, vision_slice)[torch.as_tensor(hr_index)]
+        scores = self.rfm.vision_scores(embeds, vision_slice, position_ids)
+        scores = scores[torch.as_tensor(hr_index)]
         return scores / scores.sum().clamp_min(torch.finfo(scores.dtype).tiny)
 
     @staticmethod

@@ -30,6 +30,7 @@ from typing import Any
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
 from lrsvqa.flops import ModelDims, TokenCount
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.strategies.base import Strategy
 
 
@@ -43,16 +44,32 @@ class ModelOptions:
     """How to load the model, shared by every strategy (``lrsvqa eval --model ...``)."""
 
     model_path: str | None = option(None, "LLaVA checkpoint folder or hub id (--model).")
-    device: str = option("cpu", "Torch device, e.g. cuda:1 (--device).")
-    dtype: str = option("float32", "Model dtype, e.g. float16 (--dtype).")
+    device: str = option(DEFAULT_DEVICE, "Torch device, e.g. cuda:1; auto: CUDA, MPS, CPU.")
+    dtype: str = option(DEFAULT_DTYPE, "Model dtype, e.g. float16; auto: the checkpoint's on GPU.")
+    attn_implementation: str | None = option(
+        None, "sdpa, eager, flash_attention_2, ... (none: transformers' choice)."
+    )
+    device_map: str | None = option(None, "transformers device_map, e.g. auto (then no device).")
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Generation budget.")
     hr_pool: int | None = option(
         None, "Pool each high-res tile's tokens by this stride (2 = the paper's; none: config)."
     )
     hr_pool_mode: str | None = option(None, "bilinear, average or max (none: the config's).")
     newline: bool | None = option(None, "Row-end tokens (false: none; none: the model's own).")
+    bands: tuple[int, ...] | None = option(
+        None,
+        "Bands shown as R, G, B (or one as grey), 1-based as in GDAL, e.g. 4,3,2 "
+        "(--bands; none: the ones the file calls red, green, blue).",
+    )
 
     def __post_init__(self) -> None:
+        if self.bands is not None and (
+            len(self.bands) not in (1, 3) or any(b < 1 for b in self.bands)
+        ):
+            raise ValueError(
+                f"bands must be 1 (grey) or 3 (R, G, B) band numbers counted from 1 as in "
+                f"GDAL, got {','.join(map(str, self.bands))}"
+            )
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.hr_pool is not None and self.hr_pool < 1:

@@ -32,6 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from lrsvqa.errors import InputFileError
+
 FORMAT = "lrsvqa-checkpoint-1"
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -41,8 +43,11 @@ PARTIAL_SUFFIX = ".partial"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder cannot be resumed from; the message names the file."""
+class CheckpointError(InputFileError):
+    """A checkpoint folder cannot be resumed from (or would be overwritten); names the file.
+
+    One of the project's input errors, so the CLI reports it in one line (exit 2).
+    """
 
 
 def checkpoint_name(step: int) -> str:
@@ -71,23 +76,23 @@ def resume_point(out_dir: Path, root: Path, resume: bool | str | Path) -> Path |
             checkpoint, False for a fresh run.
 
     Raises:
-        FileNotFoundError: Nothing to resume from.
-        FileExistsError: A fresh run over existing checkpoints.
+        CheckpointError: Nothing to resume from, or a fresh run over existing checkpoints.
     """
     existing = list_checkpoints(root)
     if resume is True:
         if not existing:
-            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from")
+            raise CheckpointError(out_dir, "no checkpoint to resume from")
         return existing[-1]
     if resume:
         path = Path(resume)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: checkpoint folder does not exist")
+            raise CheckpointError(path, "checkpoint folder does not exist")
         return path
     if existing:
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints ({existing[-1].name}); "
-            "resume from them or use another output directory"
+        raise CheckpointError(
+            out_dir,
+            f"already holds checkpoints ({existing[-1].name}); resume from them (--resume) "
+            "or use another output directory",
         )
     return None
 
@@ -200,16 +205,17 @@ def check_folder(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in PICKLE_SUFFIXES:
             raise CheckpointError(
-                f"{path}: pickle-format file in a checkpoint folder; lrsvqa never writes "
-                "these and will not resume next to one (remove it, or use another checkpoint)"
+                path,
+                "pickle-format file in a checkpoint folder; lrsvqa never writes these and "
+                "will not resume next to one, nor load it (remove it, or use another checkpoint)",
             )
     state_path = folder / STATE_NAME
     try:
         state = json.loads(state_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{state_path}: not a readable lrsvqa checkpoint ({error})") from None
+        raise CheckpointError(state_path, f"not a readable lrsvqa checkpoint ({error})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{state_path}: not an lrsvqa checkpoint (format {FORMAT} expected)")
+        raise CheckpointError(state_path, f"not an lrsvqa checkpoint (format {FORMAT} expected)")
     return state
 
 
@@ -217,7 +223,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"{path}: cannot read ({error})") from None
+        raise CheckpointError(path, f"cannot read ({error})") from None
 
 
 def load_modules(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
@@ -227,7 +233,7 @@ def load_modules(folder: Path, modules: dict[str, torch.nn.Module]) -> None:
         try:
             load_model(module, str(path), strict=True, device=str(_device(module)))
         except (OSError, SafetensorError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: cannot load into {name} ({error})") from None
+            raise CheckpointError(path, f"cannot load into {name} ({error})") from None
 
 
 def _device(module: torch.nn.Module) -> torch.device:
@@ -248,7 +254,7 @@ def load_rng(folder: Path, process: int) -> None:
     try:
         state = json.loads(json_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{json_path}: cannot read ({error})") from None
+        raise CheckpointError(json_path, f"cannot read ({error})") from None
     restore_rng(_tensors(tensors_path), state)
 
 

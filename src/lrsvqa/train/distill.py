@@ -9,8 +9,9 @@ teacher's attention is computed under ``no_grad``.
 
 Outputs in ``out_dir``:
 
-* ``rfm.safetensors`` + ``rfm_config.json``: what :meth:`RegionFocusModule.load` reads
-  (the config records ``distill_pairs``);
+* ``rfm.safetensors`` + ``rfm_config.json``: what :meth:`RegionFocusModule.from_pretrained`
+  reads (the config records ``distill_pairs`` and the run's data, recipe and losses),
+  and ``README.md``, the model card generated from it (``push_to_hub`` uploads all);
 * ``log.jsonl``: one line per logging window (step, loss, kl, kl_hr, mse, lr);
 * ``checkpoints/step_NNNNNNN``: safetensors + JSON folders (RFM, optimizer, schedule,
   RNG, data position, progress; see :mod:`lrsvqa.train.checkpoint`, never a pickle)
@@ -35,7 +36,10 @@ from torch.utils.data import DataLoader
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.auto import load_adapter
+from lrsvqa.models.placement import DEFAULT_DTYPE
 from lrsvqa.models.rfm import (
+    CONFIG_NAME,
+    MODEL_CARD_NAME,
     SELECTED_STRUCTURE,
     RegionFocusModule,
     RFMConfig,
@@ -93,7 +97,9 @@ class DistillConfig:
         mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast. One process can
             only use one setting (accelerate's state is process-wide).
         cpu: Force CPU; needed for multi-process CPU runs (gloo) under ``torchrun``.
-        model_dtype: Dtype to load a model path in (the RFM always trains in float32).
+        model_dtype: Dtype to load a model path in (the RFM always trains in float32);
+            ``auto``: the checkpoint's on a GPU, float32 on the CPU.
+        attn_implementation: Attention kernel of the frozen model (None: transformers').
         min_short_side: DIP minimum short side; fixes which level is "level 1".
         dip_rule: DIP halving rule (``"official"`` or ``"paper-text"``), likewise.
         hr_pool: Pooling stride of the high-resolution tiles (None: the model's config;
@@ -132,7 +138,8 @@ class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     mixed_precision: str = "no"
     cpu: bool = False
-    model_dtype: str = "float32"
+    model_dtype: str = DEFAULT_DTYPE
+    attn_implementation: str | None = None
     min_short_side: int = DEFAULT_MIN_SHORT_SIDE
     dip_rule: str = DEFAULT_DIP_RULE
     hr_pool: int | None = None
@@ -259,10 +266,14 @@ def _accelerator(config: DistillConfig) -> Accelerator:
     return accelerator
 
 
-def _load_adapter(model: LlavaAdapter | str | Path, dtype: str, device) -> LlavaAdapter:
+def _load_adapter(
+    model: LlavaAdapter | str | Path, dtype: str, device, attn_implementation: str | None = None
+) -> LlavaAdapter:
     """Load (or take) the model, move it to the device and freeze it."""
     adapter = (
-        load_adapter(model, dtype=dtype, device=device) if isinstance(model, str | Path) else model
+        load_adapter(model, dtype=dtype, device=device, attn_implementation=attn_implementation)
+        if isinstance(model, str | Path)
+        else model
     )
     adapter.model.to(device)
     adapter.model.requires_grad_(False)
@@ -290,8 +301,18 @@ def _initial_rfm(
     return rfm, pairs
 
 
+def _conversations(config: DistillConfig) -> tuple[list[Conversation], list[Conversation]]:
+    """Training and held-out dialogues, read and checked before the model loads."""
+    train = load_conversations(config.data, config.image_root)
+    if config.eval_size == 0 or config.eval_data is None:
+        return train, train
+    return train, load_conversations(config.eval_data, config.image_root)
+
+
 def _datasets(
-    adapter: LlavaAdapter, config: DistillConfig
+    adapter: LlavaAdapter,
+    config: DistillConfig,
+    conversations: tuple[list[Conversation], list[Conversation]],
 ) -> tuple[ConversationDataset, ConversationDataset | None]:
     """Training set and the agreement set (held-out, or the first training dialogues).
 
@@ -308,14 +329,9 @@ def _datasets(
             config.dip_rule,
         )
 
-    train = load_conversations(config.data, config.image_root)
+    train, held_out = conversations
     if config.eval_size == 0:
         return dataset(train), None
-    held_out = (
-        train
-        if config.eval_data is None
-        else load_conversations(config.eval_data, config.image_root)
-    )
     return dataset(train), dataset(held_out[: config.eval_size])
 
 
@@ -353,8 +369,11 @@ def evaluate_agreement(
             batch.query_positions,
             batch.attention_mask,
             [m for _, m in pairs],
+            batch.position_ids,
         )
-        rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+        rows = student(
+            batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+        )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, weights
         )
@@ -379,6 +398,33 @@ def evaluate_agreement(
 
 
 # ---------------------------------------------------------------------- export
+def _training_record(
+    config: DistillConfig, num_processes: int, records: list[dict]
+) -> dict[str, object]:
+    """Data, recipe and losses of the run, kept in the RFM's config for its model card."""
+    data = config.data
+    return {
+        "data": str(Path(data).resolve())
+        if isinstance(data, str | Path)
+        else f"{len(data)} conversations",
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum,
+        "processes": num_processes,
+        "lr": config.lr,
+        "warmup_ratio": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "mixed_precision": config.mixed_precision,
+        "loss_weights": asdict(config.weights),
+        "min_short_side": config.min_short_side,
+        "dip_rule": config.dip_rule,
+        "hr_pool": config.hr_pool,
+        "seed": config.seed,
+        "final_losses": {k: v for k, v in records[-1].items() if k != "lr"} if records else None,
+    }
+
+
 def _export(
     accelerator: Accelerator,
     student: torch.nn.Module,
@@ -429,8 +475,11 @@ def _distill_phase(
                 batch.query_positions,
                 batch.attention_mask,
                 llm_layers,
+                batch.position_ids,
             )
-            rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+            rows = student(
+                batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+            )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, config.weights
         )
@@ -452,20 +501,22 @@ def distill(config: DistillConfig) -> DistillReport:
 
     Raises:
         CheckpointError: The checkpoint to resume from holds a pickle-format file or
-            is not one this module wrote.
+            is not one this module wrote, there is none to resume from, or a fresh run
+            would overwrite existing checkpoints (checked before the model loads).
     """
     out_dir = Path(config.out_dir)
-    accelerator = _accelerator(config)
-    set_seed(config.seed)
-    adapter = _load_adapter(config.model, config.model_dtype, accelerator.device).with_options(
-        hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
-    )
-    rfm, pairs = _initial_rfm(adapter, config)
-    trainable = mark_trainable(rfm)
-    dataset, eval_dataset = _datasets(adapter, config)
     resume_from = resume_point(out_dir, out_dir / CHECKPOINTS_DIR, config.resume)
     if resume_from is not None:
-        check_folder(resume_from)  # fail before the agreement measurement, not after
+        check_folder(resume_from)  # fail before loading the model, and unpickle nothing
+    conversations = _conversations(config)  # bad data, too, fails before the model loads
+    accelerator = _accelerator(config)
+    set_seed(config.seed)
+    adapter = _load_adapter(
+        config.model, config.model_dtype, accelerator.device, config.attn_implementation
+    ).with_options(hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline)
+    rfm, pairs = _initial_rfm(adapter, config)
+    trainable = mark_trainable(rfm)
+    dataset, eval_dataset = _datasets(adapter, config, conversations)
     before = None
     if eval_dataset is not None and accelerator.is_main_process:
         before = evaluate_agreement(
@@ -507,12 +558,17 @@ def distill(config: DistillConfig) -> DistillReport:
     student.train()
     result = loop.run()
     records = result.records
+    rfm.rfm_config.training = _training_record(config, accelerator.num_processes, records)
     distilled = _export(accelerator, student, adapter, rfm.rfm_config, out_dir)
     after = None
     if eval_dataset is not None and distilled is not None:
         after = evaluate_agreement(
             adapter, distilled, eval_dataset, pairs, weights=config.weights, alpha=config.alpha
         )
+        agreement = {"before": before and asdict(before), "after": asdict(after)}
+        distilled.rfm_config.training = {**(distilled.rfm_config.training or {}), **agreement}
+        distilled.rfm_config.save(out_dir / CONFIG_NAME)
+        distilled.generate_model_card().save(out_dir / MODEL_CARD_NAME)
     report = DistillReport(
         out_dir=out_dir,
         steps=result.step,

@@ -31,6 +31,7 @@ from torch import nn
 from lrsvqa.imagery.pyramid import DEFAULT_DIP_RULE, DEFAULT_MIN_SHORT_SIDE
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.auto import load_adapter
+from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE
 from lrsvqa.train.batch import (
     IGNORE_INDEX,
     EmbeddedBatch,
@@ -78,7 +79,12 @@ def grounding_loss(
     if not grounded or not layers:
         return batch.inputs_embeds.sum() * 0.0
     rows = rows_from_hidden_states(
-        adapter, hidden_states, batch.query_positions, batch.attention_mask, layers
+        adapter,
+        hidden_states,
+        batch.query_positions,
+        batch.attention_mask,
+        layers,
+        batch.position_ids,
     )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
@@ -150,6 +156,7 @@ def sft_loss(
     output = adapter.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
         labels=batch.labels,
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
@@ -329,7 +336,9 @@ def finetune_conversations(
     seed: int = 0,
     stop_after: int | None = None,
     resume: bool = False,
-    dtype: str = "float32",
+    dtype: str = DEFAULT_DTYPE,
+    device: str = DEFAULT_DEVICE,
+    attn_implementation: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune a LLaVA checkpoint on LLaVA-format conversations (``lrsvqa sft``).
@@ -355,26 +364,27 @@ def finetune_conversations(
         seed: Seed of the draws and of the run.
         stop_after: Stop at this step (checkpointed); ``resume`` continues.
         resume: Continue from the newest checkpoint in ``out_dir``.
-        dtype: Dtype to load the model in.
+        dtype: Dtype to load the model in (``auto``: the checkpoint's on a GPU, float32
+            on the CPU).
+        device: Torch device (``auto``: CUDA, then MPS, then the CPU).
+        attn_implementation: Attention kernel (None: transformers' choice).
         progress: Show progress bars.
 
     Raises:
         DistillDataError: Bad conversations (named by file and item).
-        FileExistsError: Checkpoints exist and ``resume`` is off.
-        FileNotFoundError: ``resume`` without a checkpoint.
-        CheckpointError: The checkpoint holds a pickle-format file or is not ours.
+        CheckpointError: Checkpoints exist and ``resume`` is off, ``resume`` without a
+            checkpoint, or the checkpoint holds a pickle-format file or is not ours.
     """
     out = Path(out_dir)
     checkpoints = out / CHECKPOINTS_DIR
     start = resume_point(out, checkpoints, resume)
     if start is not None:
         check_folder(start)  # before loading the model
+    conversations = load_conversations(data, image_root)  # bad data fails before it, too
     torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    adapter = load_adapter(model, dtype=dtype, device=device).with_options(
-        hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
-    )
-    conversations = load_conversations(data, image_root)
+    adapter = load_adapter(
+        model, dtype=dtype, device=device, attn_implementation=attn_implementation
+    ).with_options(hr_pool=hr_pool, pool_mode=pool_mode, newline=newline)
     sampler = ConversationSampler(
         conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
     )

@@ -15,6 +15,7 @@ from lrsvqa.bench.construct.qa import run_qa
 from lrsvqa.bench.construct.quality import DEFAULT_MEGAPIXELS, Answerer, ApiAnswerer, run_quality
 from lrsvqa.bench.construct.targets import run_targets
 from lrsvqa.bench.templates import DEFAULT_MARGINS, UniquenessMargins
+from lrsvqa.errors import OptionError
 from lrsvqa.labels import LabelFormat
 
 logger = logging.getLogger(__name__)
@@ -78,15 +79,19 @@ def build_benchmark(
         ``{stage: report}`` plus ``"usage"``: API calls and tokens spent in this run.
 
     Raises:
-        ValueError: For an unknown stage, or an API stage without API settings.
+        OptionError: For an unknown stage, or an API stage without API settings.
     """
     unknown = set(stages) - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; choose from {list(STAGES)}")
+        raise OptionError(
+            "--stages", f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}"
+        )
     client: ChatClient | None = None
     if "qa" in stages or ("quality" in stages and answerer is None):
         if config.api is None:
-            raise ValueError("the qa and quality stages need API settings (base URL and model)")
+            raise OptionError(
+                "--api-base", "the qa and quality stages need API settings (base URL and model)"
+            )
         client = ChatClient(config.api)
     if answerer is None and client is not None:
         answerer = ApiAnswerer(client)

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lrsvqa.errors import InputFileError
+
 logger = logging.getLogger(__name__)
 
 TARGETS_FILE = "targets.jsonl"
@@ -50,7 +52,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             if lineno == len(lines):
                 logger.warning("%s: ignoring unfinished last line", path)
                 break
-            raise ValueError(f"{path}:{lineno}: corrupt record: {err}") from err
+            raise InputFileError(f"{path}:{lineno}", f"corrupt record: {err}") from err
     return records
 
 

@@ -23,6 +23,7 @@ from lrsvqa.bench.templates import (
     find_unique_references,
     labelled_image_size,
 )
+from lrsvqa.errors import InputFileError
 from lrsvqa.labels import (
     ImageLabels,
     LabeledObject,
@@ -126,7 +127,7 @@ def run_targets(
         seed: Base seed; each image derives its own from it and its name.
 
     Raises:
-        ValueError: If two label files share a name (target ids would collide).
+        InputFileError: If two label files share a name (target ids would collide).
     """
     path = out_dir / TARGETS_FILE
     done = {record["name"] for record in read_jsonl(path)}
@@ -136,7 +137,9 @@ def run_targets(
         for label_file in iter_label_files(labels_path, fmt):
             name = label_file.stem
             if name in seen:
-                raise ValueError(f"two label files named {name!r}; target ids would collide")
+                raise InputFileError(
+                    label_file, f"two label files named {name!r}; target ids would collide"
+                )
             seen.add(name)
             if name in done:
                 skipped += 1
