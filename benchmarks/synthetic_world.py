@@ -146,7 +146,11 @@ def main() -> None:
     answers = (
         args.out
         / "answers"
-        / (f"{trained.root.name}-{trained.distill_key}" if args.model is None else args.model.name)
+        / (
+            f"{trained.root.name}-{trained.distill_key}"
+            if args.model is None
+            else f"{args.model.resolve().parent.name}-{args.model.name}"
+        )
     )
     reports, outputs = {}, {}
     for label, (strategy, options) in runs.items():
