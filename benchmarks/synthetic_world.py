@@ -9,8 +9,9 @@ coarse-to-fine with the distilled RFM and coarse-to-fine training-free.
 Prints one table: accuracy by category, overall (OA) and average (AA) accuracy,
 vision tokens encoded, tokens into the LLM, seconds per question, and localisation
 recall (share of questions whose target box is covered by a selected finest tile).
-Answers are kept in the cache folder, one sub-folder per trained model (and one file
-per c2f alpha and N_max), so an interrupted run resumes and a new recipe starts afresh.
+Answers (and ``results.json``) are kept in the cache folder, one sub-folder per trained
+model and one file per row's options, so an interrupted run resumes and a new recipe
+starts afresh.
 
     python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
         [--alpha 0.1] [--max-tiles 80] [--seed 7] [--max-aspect 4] [--grid-tiles 144]
@@ -23,7 +24,8 @@ paper's Tab. 5 (RFM pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP
 fixed depth 2-5 against the dynamic one).
 
 ``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
-process and the rest in another; a last run without it finds every answer and prints.
+process and the rest in another, and prints the table of what it ran; a last run
+without it finds every answer and prints them all.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def main() -> None:
     parser.add_argument("--max-tiles", type=int, default=80, help="c2f N_max")
     parser.add_argument("--out", type=Path, default=CACHE)
     parser.add_argument("--home", type=Path, default=None, help="default-model cache root")
-    parser.add_argument("--only", default="", help="comma-separated strategies to run, no table")
+    parser.add_argument("--only", default="", help="comma-separated strategies to run")
     parser.add_argument("--grid-tiles", type=int, default=144, help="grid of the Tab. 3/4 peers")
     parser.add_argument("--ablations", action="store_true", help="add the paper's Tab. 5 and 6")
     parser.add_argument("--fullres", action="store_true", help="add full resolution (8k only)")
@@ -173,8 +175,6 @@ def main() -> None:
         )
         reports[label] = outcome.report.to_dict()
         outputs[label] = output
-    if only:
-        return
     title = (
         f"synthetic world: {len(manifest['scenes'])} held-out scenes, {args.questions} questions"
     )
@@ -188,7 +188,7 @@ def main() -> None:
         print_table(console, fits, f"the {fitted} questions where full resolution fits")
     if args.markdown is not None:
         write_markdown(args.markdown, console, args, model_dir, rfm_dir)
-    (args.out / "results.json").write_text(
+    (answers / "results.json").write_text(
         json.dumps(
             {"all": reports, "by_reference_kind": kinds, "full_resolution_fits": fits}, indent=2
         )
