@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 from collections import Counter
@@ -119,7 +120,8 @@ def main() -> None:
     parser.add_argument("--rfm", type=Path, default=None, help="its distilled RFM folder")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
-    console = Console(width=200, record=args.markdown is not None)
+    console = Console(width=200)
+    tables = Console(width=260, record=True, file=io.StringIO())  # the tables, for --markdown
 
     trained = resolve_default_model(args.home, log=console.print)
     manifest = generate_world(
@@ -178,16 +180,16 @@ def main() -> None:
     title = (
         f"synthetic world: {len(manifest['scenes'])} held-out scenes, {args.questions} questions"
     )
-    print_table(console, reports, title)
+    print_table((console, tables), reports, title)
     kinds = by_reference_kind(questions, outputs)
-    print_kind_table(console, kinds, "accuracy and localisation recall by reference kind")
+    print_kind_table((console, tables), kinds, "accuracy and localisation recall by reference kind")
     fits = {}
     if "full resolution" in outputs:
         fits = fitting_subset(questions, outputs, "full resolution")
         fitted = fits["full resolution"]["groups"]["SYN"]["items"]
-        print_table(console, fits, f"the {fitted} questions where full resolution fits")
+        print_table((console, tables), fits, f"the {fitted} questions where full resolution fits")
     if args.markdown is not None:
-        write_markdown(args.markdown, console, args, model_dir, rfm_dir)
+        write_markdown(args.markdown, tables, args, model_dir, rfm_dir)
     (answers / "results.json").write_text(
         json.dumps(
             {"all": reports, "by_reference_kind": kinds, "full_resolution_fits": fits}, indent=2
@@ -273,7 +275,7 @@ def by_reference_kind(questions: Path, outputs: dict[str, Path]) -> dict[str, di
     return out
 
 
-def print_kind_table(console: Console, kinds: dict[str, dict], title: str) -> None:
+def print_kind_table(consoles: tuple[Console, ...], kinds: dict[str, dict], title: str) -> None:
     """One row per strategy: OA and localisation recall on each reference kind."""
     table = Table(title=title)
     table.add_column("strategy")
@@ -289,10 +291,11 @@ def print_kind_table(console: Console, kinds: dict[str, dict], title: str) -> No
             row.append(f"{100 * report['groups']['SYN']['overall_accuracy']:.1f}")
             row.append(f"{100 * loc['recall']:.1f}" if loc else "-")
         table.add_row(*row)
-    console.print(table)
+    for console in consoles:
+        console.print(table)
 
 
-def print_table(console: Console, reports: dict, title: str) -> None:
+def print_table(consoles: tuple[Console, ...], reports: dict, title: str) -> None:
     """One row per strategy: accuracy by category, OA/AA (paper rule, then normalised), costs."""
     table = Table(title=title)
     categories = sorted({c for r in reports.values() for c in r["groups"]["SYN"]["categories"]})
@@ -329,7 +332,8 @@ def print_table(console: Console, reports: dict, title: str) -> None:
             f"{cost.get('seconds', 0):.2f}",
             f"{100 * loc['recall']:.1f}" if loc else "-",
         )
-    console.print(table)
+    for console in consoles:
+        console.print(table)
 
 
 if __name__ == "__main__":
