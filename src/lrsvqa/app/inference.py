@@ -56,6 +56,8 @@ def load_model(
     """
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
+    if rfm is not None:
+        RegionFocusModule.check_folder(rfm)  # a mistyped --rfm fails before the model loads
     adapter = shared_adapter(
         model,
         dtype,
@@ -104,7 +106,8 @@ def trace_geojson(
     level's RFM score) and per retained token (``kind="token"``, its score), with the
     level (1 = coarsest) and grid position. Coordinates are map coordinates through
     the image's geotransform, or pixel ``(column, row)`` where it has none; an EPSG
-    CRS is named in the (pre-RFC 7946) ``crs`` member that QGIS and GDAL read.
+    CRS is named in the (pre-RFC 7946) ``crs`` member that QGIS and GDAL read, and a CRS
+    without an EPSG code is given as WKT in a ``crs_wkt`` member.
     """
     features = []
     for trace in result.levels:
@@ -144,6 +147,8 @@ def trace_geojson(
     if georef.epsg is not None:
         name = f"urn:ogc:def:crs:EPSG::{georef.epsg}"
         collection["crs"] = {"type": "name", "properties": {"name": name}}
+    elif georef.crs_wkt is not None:
+        collection["crs_wkt"] = georef.crs_wkt  # a CRS without an EPSG code, as GDAL wrote it
     collection["coordinates"] = "map" if georef.geotransform is not None else "pixel"
     return collection
 

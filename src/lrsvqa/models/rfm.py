@@ -306,9 +306,13 @@ class RegionFocusModule(nn.Module):
         self.rfm_config.save(out_dir / CONFIG_NAME)
         return out_dir
 
-    @classmethod
-    def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
-        """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
+    @staticmethod
+    def check_folder(rfm_dir: str | Path) -> tuple[Path, Path]:
+        """The config and weights of a saved RFM folder, checked before any model loads.
+
+        Raises:
+            RFMLoadError: No such folder, or no RFM config or weights in it.
+        """
         rfm_dir = Path(rfm_dir)
         if not rfm_dir.is_dir():
             problem = "no such folder" if not rfm_dir.exists() else "not a folder"
@@ -317,6 +321,13 @@ class RegionFocusModule(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise RFMLoadError(rfm_dir, f"missing {path.name}; is this an RFM folder?")
+        return config_path, weights_path
+
+    @classmethod
+    def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
+        """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
+        rfm_dir = Path(rfm_dir)
+        config_path, weights_path = cls.check_folder(rfm_dir)
         config = RFMConfig.load(config_path)
         expected = _text_config_summary(adapter)
         mismatched = {

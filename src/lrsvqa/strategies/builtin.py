@@ -620,8 +620,15 @@ def _rfm(adapter: LlavaAdapter, options: RFMOptions) -> RegionFocusModule:
     return shared_rfm(adapter, options.rfm_path, layers)
 
 
+def _check_rfm(options: RFMOptions) -> None:
+    """A mistyped ``rfm_path`` fails before the model loads."""
+    if options.rfm_path is not None:
+        RegionFocusModule.check_folder(options.rfm_path)
+
+
 def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
     """Factory of ``c2f``."""
+    _check_rfm(options)
     adapter = _adapter(model)
     return CoarseToFineStrategy(
         "c2f",
@@ -634,6 +641,7 @@ def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
 
 def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFineStrategy:
     """Factory of ``c2f-nodip``."""
+    _check_rfm(options)
     adapter = _adapter(model)
     config = CoarseToFineConfig(alpha=options.alpha, max_new_tokens=model.max_new_tokens)
     rfm = _rfm(adapter, options)
