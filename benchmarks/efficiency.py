@@ -213,7 +213,9 @@ def main() -> None:
         torch.set_num_threads(threads)
     console = Console(width=160)
     sides = [int(side) for side in args.sizes.split(",") if side.strip()]
-    chosen = args.strategies.split(",") if args.strategies else available_strategies()
+    # native is a Qwen-VL model's own resolution: not one of a LLaVA model's strategies.
+    everything = [name for name in available_strategies() if name != "native"]
+    chosen = args.strategies.split(",") if args.strategies else everything
     names = [name.strip() for name in chosen if name.strip()]
     if REFERENCE not in names:
         names.append(REFERENCE)

@@ -13,7 +13,14 @@ Answers are kept in the cache folder, one sub-folder per trained model (and one 
 per c2f alpha and N_max), so an interrupted run resumes and a new recipe starts afresh.
 
     python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
-        [--alpha 0.1] [--max-tiles 80] [--seed 7] [--max-aspect 4]
+        [--alpha 0.1] [--max-tiles 80] [--seed 7] [--max-aspect 4] [--grid-tiles 144]
+        [--ablations] [--fullres] [--model DIR [--rfm DIR]] [--markdown docs/results/FILE.md]
+
+Rows: thumbnail; anyres-p4/p9/p25; the paper's Tab. 3/4 peers (VisionZip, PruMerge++,
+FastV, PDrop) on an anyres-p144 grid; full resolution (``--fullres``, where it fits);
+c2f-nodip; c2f with the distilled RFM and training-free; with ``--ablations`` the
+paper's Tab. 5 (RFM pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP of a
+fixed depth 2-5 against the dynamic one).
 
 ``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
 process and the rest in another; a last run without it finds every answer and prints.
@@ -22,7 +29,9 @@ process and the rest in another; a last run without it finds every answer and pr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -101,8 +110,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=CACHE)
     parser.add_argument("--home", type=Path, default=None, help="default-model cache root")
     parser.add_argument("--only", default="", help="comma-separated strategies to run, no table")
+    parser.add_argument("--grid-tiles", type=int, default=144, help="grid of the Tab. 3/4 peers")
+    parser.add_argument("--ablations", action="store_true", help="add the paper's Tab. 5 and 6")
+    parser.add_argument("--fullres", action="store_true", help="add full resolution (8k only)")
+    parser.add_argument("--model", type=Path, default=None, help="another model folder")
+    parser.add_argument("--rfm", type=Path, default=None, help="its distilled RFM folder")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     args = parser.parse_args()
-    console = Console(width=200)
+    console = Console(width=200, record=args.markdown is not None)
 
     trained = resolve_default_model(args.home, log=console.print)
     manifest = generate_world(
@@ -117,32 +132,31 @@ def main() -> None:
     )
     world = args.out / "world" / "bench"
     questions = benchmark_questions(world, manifest, args.questions, args.seed)
-    model = {"model_path": str(trained.model_dir), "max_new_tokens": 8}
+    model_dir = args.model or trained.model_dir
+    rfm_dir = args.rfm or (trained.rfm_dir if args.model is None else None)
+    model = {"model_path": str(model_dir), "max_new_tokens": 8}
     c2f = {"alpha": args.alpha, "max_tiles": args.max_tiles}
-    runs = {
-        "thumbnail": ("thumbnail", {}),
-        "anyres-p4": ("anyres-p4", {}),
-        "anyres-p9": ("anyres-p9", {}),
-        "anyres-p25": ("anyres-p25", {}),
-        "full resolution": ("fullres", {"max_tiles": 700}),
-        "c2f (distilled RFM)": ("c2f", {"rfm_path": str(trained.rfm_dir), **c2f}),
-        "c2f (training-free)": ("c2f", c2f),
-    }
+    rfm = {"rfm_path": str(rfm_dir)} if rfm_dir else {}
+    runs = benchmark_runs(c2f, rfm, args.grid_tiles, args.ablations, args.fullres)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     known = {strategy for strategy, _ in runs.values()}
     if only - known:
         parser.error(f"unknown strategies {sorted(only - known)}; choose from {sorted(known)}")
     # Answers are per model: a new recipe must not resume from another model's answers.
-    answers = args.out / "answers" / f"{trained.root.name}-{trained.distill_key}"
+    answers = (
+        args.out
+        / "answers"
+        / (f"{trained.root.name}-{trained.distill_key}" if args.model is None else args.model.name)
+    )
     reports, outputs = {}, {}
     for label, (strategy, options) in runs.items():
         if only and strategy not in only:
             continue
         console.rule(label)
         slug = "".join(c if c.isalnum() else "_" for c in label).strip("_")
-        if strategy == "c2f":  # answers of another alpha or N_max must not be resumed
-            slug += f"-alpha{args.alpha:g}-nmax{args.max_tiles}"
-        output = answers / f"{slug}.jsonl"
+        # Other options (alpha, N_max, ...) go to another file: the run record refuses them.
+        digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+        output = answers / f"{slug}-{digest}.jsonl"
         outcome = evaluate(
             EvalConfig(
                 bench="lrs-vqa",
@@ -163,14 +177,59 @@ def main() -> None:
     print_table(console, reports, title)
     kinds = by_reference_kind(questions, outputs)
     print_kind_table(console, kinds, "accuracy and localisation recall by reference kind")
-    fits = fitting_subset(questions, outputs, "full resolution")
-    fitted = fits["full resolution"]["groups"]["SYN"]["items"]
-    print_table(console, fits, f"the {fitted} questions where full resolution fits (8k scenes)")
+    fits = {}
+    if "full resolution" in outputs:
+        fits = fitting_subset(questions, outputs, "full resolution")
+        fitted = fits["full resolution"]["groups"]["SYN"]["items"]
+        print_table(console, fits, f"the {fitted} questions where full resolution fits")
+    if args.markdown is not None:
+        write_markdown(args.markdown, console, args, model_dir, rfm_dir)
     (args.out / "results.json").write_text(
         json.dumps(
             {"all": reports, "by_reference_kind": kinds, "full_resolution_fits": fits}, indent=2
         )
         + "\n"
+    )
+
+
+def benchmark_runs(
+    c2f: dict, rfm: dict, grid_tiles: int, ablations: bool, fullres: bool
+) -> dict[str, tuple[str, dict]]:
+    """Every row: label -> (strategy, options). The paper's peers run on a ``grid_tiles`` grid."""
+    grid = {"grid_tiles": grid_tiles}
+    runs: dict[str, tuple[str, dict]] = {
+        "thumbnail": ("thumbnail", {}),
+        "anyres-p4": ("anyres-p4", {}),
+        "anyres-p9": ("anyres-p9", {}),
+        "anyres-p25": ("anyres-p25", {}),
+        f"anyres-p{grid_tiles} + VisionZip": ("visionzip", grid),
+        f"anyres-p{grid_tiles} + PruMerge++": ("prumerge++", grid),
+        f"anyres-p{grid_tiles} + FastV": ("fastv", grid),
+        f"anyres-p{grid_tiles} + PDrop": ("pdrop", grid),
+    }
+    if fullres:
+        runs["full resolution"] = ("fullres", {"max_tiles": 700})
+    runs[f"c2f-nodip (p{grid_tiles})"] = ("c2f-nodip", {**rfm, **grid, "alpha": c2f["alpha"]})
+    if rfm:
+        runs["c2f (distilled RFM)"] = ("c2f", {**rfm, **c2f})
+    runs["c2f (training-free)"] = ("c2f", c2f)
+    if ablations:  # Tab. 5: RFM pruning without DIP; Tab. 6: fixed DIP depth
+        for ratio in (0.25, 0.5, 0.75, 0.9):
+            options = {**rfm, **grid, "alpha": ratio}
+            runs[f"Tab.5 no DIP, retain {ratio:.0%}"] = ("c2f-nodip", options)
+        for depth in (2, 3, 4, 5):
+            runs[f"Tab.6 DIP fixed {depth} layers"] = ("c2f", {**rfm, **c2f, "fixed_layers": depth})
+    return runs
+
+
+def write_markdown(path: Path, console: Console, args: argparse.Namespace, model, rfm) -> None:
+    """The printed tables, with the command and the model that made them."""
+    command = " ".join(["python benchmarks/synthetic_world.py", *sys.argv[1:]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"# Synthetic world benchmark, seed {args.seed}\n\n"
+        f"Command: `{command}`\n\nModel: `{model}`; RFM: `{rfm}`\n\n"
+        f"```\n{console.export_text()}```\n"
     )
 
 

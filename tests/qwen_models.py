@@ -13,10 +13,25 @@ from tests.tiny_models import WORDS
 QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
 
 
+def tiny_qwen_model(kind: str = "qwen2_vl", **kwargs):
+    """A tiny Qwen-VL model with large LLM weights, and its processing.
+
+    Large weights make greedy answers depend on the input (random tiny models otherwise
+    repeat one token whatever they see), so equal answers mean equal inputs.
+    """
+    model, processor = build_tiny_qwen_vl(WORDS, kind=kind, **kwargs)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.model.language_model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+        model.lm_head.weight.normal_(0, 0.3)
+    return model, processor
+
+
 def tiny_qwen_adapter(kind: str = "qwen2_vl", **kwargs) -> QwenVLAdapter:
     """A freshly built tiny Qwen-VL model wrapped in the adapter."""
-    model, processor = build_tiny_qwen_vl(WORDS, kind=kind, **kwargs)
-    return QwenVLAdapter(model, processor)
+    return QwenVLAdapter(*tiny_qwen_model(kind, **kwargs))
 
 
 def hf_generate(adapter: QwenVLAdapter, image: np.ndarray, question: str, max_new_tokens: int):

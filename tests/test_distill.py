@@ -218,6 +218,13 @@ def test_pooled_official_rfm_distils_and_loads(tmp_path, one_thread):
     assert config["layer_indices"] == [0, 1, 3] and config["structure"] == "official"
     assert config["distill_pairs"] == [[0, 0], [2, 3]]
     assert len(RegionFocusModule.load(out, adapter).layers) == 3
+    # The recipe, losses and agreement go into the config and the model card.
+    training = config["training"]
+    assert training["data"] == str(train.resolve()) and training["steps"] == 2
+    assert training["loss_weights"] == {"hr": 2.0, "mse": 1.0, "kl": 1.0}
+    assert training["after"]["overlap"] == report.after.overlap
+    card = (out / "README.md").read_text()
+    assert "layers [0, 1, 3]" in card and "final_losses" in card and "after" in card
 
 
 @pytest.mark.slow

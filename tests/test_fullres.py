@@ -68,3 +68,31 @@ def test_fullres_never_answers_a_new_image_with_a_freed_ones_tokens(model_dir, t
         assert result.vision_tokens_to_llm == expected[name].shape[0]
         del image
     assert len(set(ids)) < len(ids)  # the allocator did reuse an id: the case is exercised
+
+
+def test_a_replaced_adapter_never_gets_the_freed_ones_rfm(model_dir):
+    # The RFM cache was keyed by id(adapter): once share_adapter replaced a model and the
+    # old one was freed, a new adapter at the same address got the old model's RFM.
+    import gc
+
+    from lrsvqa.models.adapter import LlavaAdapter
+    from lrsvqa.strategies.builtin import shared_rfm
+
+    def rfm_weights(adapter):
+        rfm = shared_rfm(adapter, rfm_layers=[1])
+        return rfm, next(rfm.parameters()).detach().clone()
+
+    first = LlavaAdapter.from_pretrained(model_dir)
+    old_rfm, _ = rfm_weights(first)
+    address = id(first)
+    del first, old_rfm
+    for seed in range(20):  # allocate until CPython hands out the freed address again
+        gc.collect()
+        model, processor = build_tiny_llava(WORDS, seed=seed + 1)
+        second = LlavaAdapter(model, processor)
+        rfm, weights = rfm_weights(second)
+        own = [next(layer.parameters()).detach() for layer in second.decoder_layers]
+        assert any(torch.equal(weights, w) for w in own), f"seed {seed}: another model's RFM"
+        if id(second) == address:
+            break
+        del second, rfm

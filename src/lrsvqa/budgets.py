@@ -32,6 +32,14 @@ PRUMERGE_NEIGHBOURS = 32
 FASTV_LAYER = 2
 FASTV_RATIO = 0.5
 
+# Qwen-VL (Wang et al., 2024, "Qwen2-VL"): DIP tiles of 448 px, 16 x 16 merged tokens
+# of 28 px. The ``native`` baseline reads the whole image at the model's own dynamic
+# resolution under a pixel budget (the LRS-VQA paper's Fig. 5 setting), by default the
+# 1280 x 28 x 28 px that Qwen2-VL's model card recommends.
+QWEN_TILE_SIZE = 448
+NATIVE_MAX_PIXELS = 1280 * 28 * 28
+NATIVE_MIN_PIXELS = 4 * 28 * 28
+
 # PyramidDrop (Xing et al., 2024, "PyramidDrop"): four equal stages, half dropped at
 # each boundary; layers 7, 14, 21 for the 28-layer Qwen2-7B (LRS-VQA paper, Tab. 3).
 PDROP_STAGES = 4
@@ -102,3 +110,31 @@ def vision_tokens_per_layer(
             current = kept_after_drop(current, drops[layer])
         counts.append(current)
     return counts
+
+
+def native_size(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = NATIVE_MIN_PIXELS,
+    max_pixels: int = NATIVE_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Qwen-VL's resize rule (``smart_resize``): sides a multiple of ``factor``, area in budget.
+
+    Raises:
+        ValueError: An aspect ratio beyond 200, which Qwen-VL refuses.
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"aspect ratio must be below 200, got {max(height, width) / min(height, width)}"
+        )
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar

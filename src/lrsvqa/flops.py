@@ -15,7 +15,8 @@ at each pyramid level.
 How many tokens each strategy feeds each layer is the strategy's own business: its
 counter is registered with it (:mod:`lrsvqa.strategies.counters`,
 :func:`lrsvqa.strategies.registry.count_strategy`). Model dimensions come from a
-Hugging Face LLaVA ``config.json`` (no weights needed).
+Hugging Face LLaVA or Qwen-VL ``config.json`` (no weights needed); a Qwen-VL "patch" is
+one merged token (``patch_size * spatial_merge_size`` px).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lrsvqa.budgets import QWEN_TILE_SIZE
 from lrsvqa.imagery.pyramid import DEFAULT_TILE_SIZE
 
 # The paper's RFM (Sec. 5.1) has 4 layers, each counted once per pyramid level.
 RFM_LAYERS = 4
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
 def layer_flops(tokens: int, hidden: int, intermediate: int) -> int:
@@ -106,6 +109,8 @@ class ModelDims:
         defaults (e.g. ``hidden_size`` 4096 of a Mistral text config); those are then
         filled in from the ``transformers`` config class, imported only in that case.
         """
+        if config.get("model_type") in QWEN_MODEL_TYPES:
+            return cls._from_qwen_config(config, rfm_layers)
         text = dict(config.get("text_config") or {})
         vision = dict(config.get("vision_config") or {})
         text_keys = ("hidden_size", "intermediate_size", "num_hidden_layers")
@@ -125,6 +130,33 @@ class ModelDims:
             image_newline=config.get("model_type", "llava_next") != "llava",
             rfm_layers=rfm_layers,
             hr_pool=int(config.get("hr_pool") or config.get("mm_spatial_pool_stride") or 1),
+        )
+
+    @classmethod
+    def _from_qwen_config(cls, config: Mapping[str, Any], rfm_layers: int) -> ModelDims:
+        """A Qwen-VL config: 448 px tiles (the adapter's default), 28 px merged tokens.
+
+        Older checkpoints keep the text model's keys at the top level, newer ones in
+        ``text_config``; defaults omitted on saving come from the config class.
+        """
+        text = dict(config.get("text_config") or config)
+        vision = dict(config.get("vision_config") or {})
+        text_keys = ("hidden_size", "intermediate_size", "num_hidden_layers")
+        vision_keys = ("patch_size", "spatial_merge_size")
+        if any(k not in text for k in text_keys) or any(k not in vision for k in vision_keys):
+            from transformers import AutoConfig
+
+            full = AutoConfig.for_model(**dict(config))
+            text = {k: text.get(k, getattr(full.text_config, k)) for k in text_keys}
+            vision = {k: vision.get(k, getattr(full.vision_config, k)) for k in vision_keys}
+        return cls(
+            hidden_size=int(text["hidden_size"]),
+            intermediate_size=int(text["intermediate_size"]),
+            num_layers=int(text["num_hidden_layers"]),
+            tile_size=QWEN_TILE_SIZE,
+            patch_size=int(vision["patch_size"]) * int(vision["spatial_merge_size"]),
+            image_newline=False,
+            rfm_layers=rfm_layers,
         )
 
 

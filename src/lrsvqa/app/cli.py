@@ -128,7 +128,9 @@ def ask(
     image: str = typer.Argument(..., help="Large image (GeoTIFF/TIFF/PNG/JPEG, JP2, VRT, URL)."),
     question: str = typer.Argument(..., help="The question."),
     model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id."),
-    rfm: Path | None = typer.Option(None, help="Trained RFM folder; training-free if omitted."),
+    rfm: str | None = typer.Option(
+        None, help="Trained RFM folder or hub id; training-free if omitted."
+    ),
     rfm_layers: str | None = typer.Option(None, help="Training-free RFM layers, e.g. 1,5,11,14."),
     alpha: float = typer.Option(DEFAULT_ALPHA, help="Proportion of tokens kept at each level."),
     max_tiles: int = typer.Option(
@@ -247,7 +249,9 @@ def eval_command(
         help="Answers file (default: outputs/BENCH-MODEL-STRATEGY-OPTIONSHASH.jsonl).",
     ),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
-    rfm: Path | None = typer.Option(None, help="RFM weights (c2f strategies), as rfm_path."),
+    rfm: str | None = typer.Option(
+        None, help="RFM folder or hub id (c2f strategies), as rfm_path."
+    ),
     device: str | None = typer.Option(
         None, help=f"{_DEVICE_HELP} Launched: cuda:LOCAL_RANK. [default: {DEFAULT_DEVICE}]"
     ),

@@ -44,7 +44,8 @@ def load_model(
 
     Args:
         model: Checkpoint folder or hub id.
-        rfm: Folder written by ``RegionFocusModule.save`` (``lrsvqa distill --out``).
+        rfm: RFM folder (``lrsvqa distill --out``) or hub id
+            (``RegionFocusModule.from_pretrained``).
         rfm_layers: LLM layers for the training-free RFM (default: scaled (1, 5, 11, 14)).
         dtype: Weight dtype name (``float32``, ``bfloat16``, ``float16``, ``auto``).
         device: Torch device or ``auto`` (CUDA, then MPS, then the CPU).
@@ -57,7 +58,7 @@ def load_model(
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
     if rfm is not None:
-        RegionFocusModule.check_folder(rfm)  # a mistyped --rfm fails before the model loads
+        RegionFocusModule.check_source(rfm)  # a mistyped --rfm fails before the model loads
     adapter = shared_adapter(
         model,
         dtype,

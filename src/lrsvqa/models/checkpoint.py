@@ -102,6 +102,24 @@ def resolve_checkpoint(name: str | Path) -> str:
     return text
 
 
+def model_identity(name: str | Path) -> str:
+    """How to name a checkpoint in files that outlive the process (RFM configs, model cards).
+
+    A hub id stays a hub id, also when given as its snapshot in the Hugging Face cache
+    (``.../models--org--name/snapshots/<commit>`` -> ``org/name``); a local folder
+    becomes its absolute path, which, unlike ``./model``, still names it elsewhere.
+    """
+    text = str(name)
+    local = Path(text).expanduser()
+    if not local.exists():
+        return text
+    parts = local.resolve().parts
+    for index, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[index + 1] == "snapshots":
+            return part.removeprefix("models--").replace("--", "/")
+    return str(local.resolve())
+
+
 def check_safetensors(path: Path) -> None:
     """Refuse a truncated or corrupt ``.safetensors`` file by reading its header only.
 

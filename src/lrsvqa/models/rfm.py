@@ -15,6 +15,11 @@ the structure was recorded have it and still load as saved.
 Training-free mode (beyond the paper) uses the selected LLM layers themselves, so
 any LLaVA or Qwen-VL checkpoint works without a distilled RFM. On Qwen-VL the
 rotary embedding is the LLM's M-RoPE, fed the positions the adapter gives the sequence.
+
+Persistence follows huggingface_hub's :class:`~huggingface_hub.ModelHubMixin`:
+``save_pretrained`` writes ``rfm.safetensors`` (never a pickle), ``rfm_config.json`` and
+a generated model card (``README.md``), ``push_to_hub`` uploads that folder, and
+``from_pretrained`` takes a folder or a hub id (from the local cache when offline).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -33,7 +40,12 @@ from transformers.masking_utils import create_causal_mask
 from lrsvqa.errors import ModelLoadError
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
-from lrsvqa.models.checkpoint import check_safetensors
+from lrsvqa.models.checkpoint import (
+    check_safetensors,
+    is_offline,
+    looks_like_path,
+    model_identity,
+)
 
 DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
 OFFICIAL_STRUCTURE = "official"  # a leading copy of LLM layer 0, then the selected layers
@@ -41,6 +53,8 @@ SELECTED_STRUCTURE = "selected"  # the selected layers only (RFMs saved before t
 RFM_STRUCTURES = (OFFICIAL_STRUCTURE, SELECTED_STRUCTURE)
 WEIGHTS_NAME = "rfm.safetensors"
 CONFIG_NAME = "rfm_config.json"
+MODEL_CARD_NAME = "README.md"
+PAPER_URL = "https://arxiv.org/abs/2503.07588"
 
 
 class RFMLoadError(ModelLoadError):
@@ -88,6 +102,9 @@ class RFMConfig:
     ``layer_indices`` are the LLM layers the RFM layers were copied from, in order
     (the leading layer 0 included under the official structure); ``structure`` says
     how they were chosen and defaults to ``"selected"`` for configs written before it.
+    ``base_model`` is a hub id or an absolute path (older RFMs may hold a relative one);
+    ``training`` is what ``lrsvqa distill`` records of its data, recipe and losses for
+    the model card (None for training-free and older RFMs).
     """
 
     base_model: str
@@ -99,6 +116,7 @@ class RFMConfig:
     num_llm_layers: int
     distill_pairs: list[list[int]] = field(default_factory=list)
     structure: str = SELECTED_STRUCTURE
+    training: dict[str, Any] | None = None
 
     def save(self, path: Path) -> None:
         """Write as JSON."""
@@ -125,7 +143,13 @@ def _text_config_summary(adapter: LlavaAdapter) -> dict:
     }
 
 
-class RegionFocusModule(nn.Module):
+class RegionFocusModule(
+    nn.Module,
+    ModelHubMixin,
+    library_name="lrsvqa",
+    tags=["lrsvqa", "remote-sensing", "token-pruning", "region-focus-module"],
+    paper_url=PAPER_URL,
+):
     """A few decoder layers that predict the LLM's text-to-vision attention.
 
     Args:
@@ -142,6 +166,9 @@ class RegionFocusModule(nn.Module):
         super().__init__()
         self.layers = layers
         self.rfm_config = config
+        # The config is rfm_config.json, written with the weights (RFM folders predate
+        # the mixin), not the mixin's config.json of constructor arguments.
+        self._hub_mixin_config = None
         # Held outside the module tree: shared with the LLM, never trained or saved here.
         self._rotary_emb = [rotary_emb]
         self._text_config = text_config
@@ -162,7 +189,8 @@ class RegionFocusModule(nn.Module):
             adapter: The loaded model.
             layer_indices: Increasing LLM layer indices ``m_1 < ... < m_R``.
             training_free: Share the LLM's own layers instead of copying them.
-            base_model: Name or path of the base model, recorded in the config.
+            base_model: Hub id or path of the base model, recorded in the config as a
+                hub id or an absolute path (:func:`model_identity`).
             structure: ``"official"`` (a leading copy of layer 0) or ``"selected"``
                 (see :func:`copied_layers`).
         """
@@ -177,7 +205,7 @@ class RegionFocusModule(nn.Module):
         source = [adapter.decoder_layers[i] for i in indices]
         layers = nn.ModuleList(source if training_free else [copy.deepcopy(m) for m in source])
         config = RFMConfig(
-            base_model=str(base_model),
+            base_model=model_identity(base_model) if base_model else "",
             layer_indices=indices,
             structure=structure,
             **_text_config_summary(adapter),
@@ -298,13 +326,138 @@ class RegionFocusModule(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str | Path) -> Path:
-        """Save weights (safetensors) and config (JSON) into ``out_dir``."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        """:meth:`save_pretrained` into ``out_dir``, returning it."""
+        self.save_pretrained(out_dir)
+        return Path(out_dir)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Weights (safetensors) and config (JSON); the mixin adds the model card."""
         state = {k: v.detach().contiguous().cpu() for k, v in self.layers.state_dict().items()}
-        save_file(state, str(out_dir / WEIGHTS_NAME))
-        self.rfm_config.save(out_dir / CONFIG_NAME)
-        return out_dir
+        save_file(state, str(save_directory / WEIGHTS_NAME))
+        self.rfm_config.save(save_directory / CONFIG_NAME)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """A model card stating the base model, the layers and how the RFM was distilled."""
+        config = self.rfm_config
+        base = config.base_model
+        on_hub = bool(base) and not looks_like_path(base) and not Path(base).exists()
+        data = ModelCardData(
+            library_name="lrsvqa",
+            tags=self._hub_mixin_info.model_card_data.tags,
+            base_model=base if on_hub else None,
+        )
+        lines = [
+            "# Region Focus Module (lrsvqa)",
+            "",
+            "The Region Focus Module of *When Large Vision-Language Model Meets Large Remote "
+            f"Sensing Imagery: Coarse-to-Fine Text-Guided Token Pruning* ([paper]({PAPER_URL})):"
+            " a few decoder layers copied from the LLM that predict its attention over the "
+            "vision tokens, so that coarse-to-fine inference picks tiles and tokens before "
+            "the LLM sees them.",
+            "",
+            f"- Base model: `{base or 'unknown'}`",
+            f"- Layers: copies of LLM layers {config.layer_indices} ({config.structure} "
+            f"structure) of {config.num_llm_layers}; {config.text_model_type}, hidden size "
+            f"{config.hidden_size}, {config.num_attention_heads} heads",
+            f"- Distilled pairs (RFM layer, LLM layer): {config.distill_pairs or 'none'}",
+        ]
+        if config.training:
+            lines += ["", "## Distillation", ""]
+            lines += [f"- {key}: `{json.dumps(value)}`" for key, value in config.training.items()]
+        lines += [
+            "",
+            "## Use",
+            "",
+            "```bash",
+            f'lrsvqa ask scene.tif "What is the color of the ship?" --model {base or "MODEL"} '
+            "--rfm THIS_FOLDER_OR_HUB_ID",
+            "```",
+        ]
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        adapter: LlavaAdapter,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        revision: str | None = None,
+    ) -> RegionFocusModule:
+        """Load an RFM folder or hub id for ``adapter``'s LLM.
+
+        Unlike the mixin's, this reads no ``config.json`` (RFM folders hold
+        ``rfm_config.json``); the hub arguments are ``snapshot_download``'s.
+
+        Raises:
+            RFMLoadError: Naming the folder, hub id or file at fault.
+        """
+        return cls._from_pretrained(
+            model_id=str(pretrained_model_name_or_path),
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+            adapter=adapter,
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        adapter: LlavaAdapter,
+    ) -> RegionFocusModule:
+        """A local folder as it is; a hub id from the cache, or the hub when online."""
+        local = Path(model_id).expanduser()
+        if local.exists() or looks_like_path(model_id):
+            return cls.load(local, adapter)
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+
+        offline = local_files_only or is_offline()
+        try:
+            folder = snapshot_download(
+                model_id,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=offline,
+                allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME],
+            )
+        except HFValidationError:
+            raise RFMLoadError(model_id, "no such folder, and not a valid hub id") from None
+        except Exception as error:  # noqa: BLE001 - cache misses and network failures vary
+            where = (
+                "not in the Hugging Face cache, and downloads are off (HF_HUB_OFFLINE=1)"
+                if offline
+                else f"not downloadable from the hub ({type(error).__name__})"
+            )
+            raise RFMLoadError(model_id, f"no such folder, and as a hub id {where}") from None
+        return cls.load(folder, adapter)
+
+    @classmethod
+    def check_source(cls, rfm: str | Path) -> None:
+        """Refuse a local RFM folder that is missing or incomplete, before any model loads.
+
+        A hub id (not a path, no such folder) is left to :meth:`from_pretrained`.
+
+        Raises:
+            RFMLoadError: A path-like value with no RFM folder behind it.
+        """
+        local = Path(str(rfm)).expanduser()
+        if local.exists() or looks_like_path(str(rfm)):
+            cls.check_folder(local)
 
     @staticmethod
     def check_folder(rfm_dir: str | Path) -> tuple[Path, Path]:
@@ -325,7 +478,10 @@ class RegionFocusModule(nn.Module):
 
     @classmethod
     def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
-        """Load a saved RFM for ``adapter``'s LLM, refusing one whose shapes do not match."""
+        """Load an RFM folder for ``adapter``'s LLM, refusing one whose shapes do not match.
+
+        :meth:`from_pretrained` takes hub ids too.
+        """
         rfm_dir = Path(rfm_dir)
         config_path, weights_path = cls.check_folder(rfm_dir)
         config = RFMConfig.load(config_path)

@@ -1,9 +1,9 @@
 """Every inference method behind the :class:`Strategy` interface, registered by name.
 
 ``thumbnail``, ``anyres-p4/p9/p25/p144``, ``fullres``, ``visionzip``, ``prumerge++``,
-``fastv``, ``pdrop``, ``c2f`` and ``c2f-nodip`` are registered here with their options
-(:mod:`.options`; ``lrsvqa strategies`` lists them) and their token counters
-(:mod:`.counters`). Strategies built in one process share one loaded model per
+``fastv``, ``pdrop``, ``native`` (Qwen-VL), ``c2f`` and ``c2f-nodip`` are registered
+here with their options (:mod:`.options`; ``lrsvqa strategies`` lists them) and their
+token counters (:mod:`.counters`). Strategies built in one process share one loaded model per
 ``(path, dtype, device)`` (and one RFM per model and RFM source). Every result carries
 the theoretical TFLOPs of :mod:`lrsvqa.flops` computed from the token counts the model
 actually saw.
@@ -28,9 +28,9 @@ from lrsvqa.imagery.anyres import ANYRES_MAX_TILES, AnyresGeometry
 from lrsvqa.imagery.pyramid import PyramidConfig, grid_geometry
 from lrsvqa.imagery.reader import open_image
 from lrsvqa.imagery.tiles import PyramidReader
-from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.auto import load_adapter
-from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.models.adapter import LlavaAdapter, PromptParts
+from lrsvqa.models.auto import load_adapter, uses_mrope
+from lrsvqa.models.layout import VisionSegment, layout_vision_tokens, tile_token_positions
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device
 from lrsvqa.models.rfm import RegionFocusModule
 from lrsvqa.models.vision_attention import encode_with_cls_attention, project
@@ -43,6 +43,7 @@ from lrsvqa.strategies.options import (
     C2FOptions,
     FastVOptions,
     FullResOptions,
+    NativeOptions,
     PDropOptions,
     PruMergeOptions,
     RFMOptions,
@@ -55,7 +56,10 @@ from lrsvqa.strategies.visionzip import visionzip_crops
 _LOCK = threading.Lock()
 _ADAPTERS: dict[tuple[str, ...], LlavaAdapter] = {}
 _VIEWS: dict[tuple[Any, ...], LlavaAdapter] = {}
-_RFMS: dict[tuple[Any, ...], RegionFocusModule] = {}
+# RFMs per adapter object (not per ``id()``: a freed adapter's id can be reused by the next).
+_RFMS: weakref.WeakKeyDictionary[LlavaAdapter, dict[tuple[Any, ...], RegionFocusModule]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _path_key(path: str | Path) -> str:
@@ -137,14 +141,15 @@ def shared_rfm(
 ) -> RegionFocusModule:
     """The RFM of ``adapter``: trained (``rfm_path``) or training-free on ``rfm_layers``."""
     source = _path_key(rfm_path) if rfm_path is not None else None
-    key = (id(adapter), source, tuple(rfm_layers) if rfm_layers else None)
+    key = (source, tuple(rfm_layers) if rfm_layers else None)
     with _LOCK:
-        if key not in _RFMS:
+        rfms = _RFMS.setdefault(adapter, {})
+        if key not in rfms:
             if rfm_path is not None:
-                _RFMS[key] = RegionFocusModule.load(rfm_path, adapter)
+                rfms[key] = RegionFocusModule.from_pretrained(rfm_path, adapter=adapter)
             else:
-                _RFMS[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
-        return _RFMS[key]
+                rfms[key] = RegionFocusModule.from_llm(adapter, rfm_layers, training_free=True)
+        return rfms[key]
 
 
 # ---------------------------------------------------------------------- prepared images
@@ -184,6 +189,17 @@ def read_anyres(
 
 def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
     """LLaVA-NeXT's vision sequence: base tokens, unpadded (pooled) grid rows, row ends."""
+    return anyres_layout(adapter, image)[0]
+
+
+def anyres_layout(
+    adapter: LlavaAdapter, image: AnyresImage
+) -> tuple[torch.Tensor, list[VisionSegment]]:
+    """:func:`anyres_sequence` and its segments (base view, then the canvas grid).
+
+    The segments place the tokens for models with 2-D positions (Qwen-VL): the base
+    view on its own grid, the unpadded grid tokens at their canvas cells.
+    """
     tokens = adapter.encode_tiles([image.base, *image.tiles])
     g = adapter.tokens_per_side
     positions = tile_token_positions(image.geometry.tiles(), g)
@@ -194,14 +210,41 @@ def anyres_sequence(adapter: LlavaAdapter, image: AnyresImage) -> torch.Tensor:
     )  # fmt: skip
     grid_tokens = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
     keep = torch.as_tensor(np.flatnonzero(inside), dtype=torch.long, device=grid_tokens.device)
-    sequence, _, _ = layout_vision_tokens(
+    sequence, _, order = layout_vision_tokens(
         grid_tokens[keep], positions[inside], tokens[0], adapter.image_newline
     )
-    return sequence
+    rows, cols = image.geometry.grid
+    segments = [
+        _full_segment(adapter.encoder_tokens_per_side),
+        VisionSegment(positions[inside][order], (rows * g, cols * g)),
+    ]
+    return sequence, segments
+
+
+def _full_segment(side: int) -> VisionSegment:
+    """Every cell of a ``side`` x ``side`` grid in raster order (a thumbnail or base view)."""
+    return VisionSegment(np.stack(np.divmod(np.arange(side * side), side), axis=1), (side, side))
+
+
+def sequence_positions(
+    adapter: LlavaAdapter, prompt: PromptParts, segments: list[VisionSegment]
+) -> torch.Tensor | None:
+    """The adapter's M-RoPE positions of a sequence, or None where positions are 1-D."""
+    return adapter.position_ids(prompt, segments) if uses_mrope(adapter) else None
 
 
 def model_dims(adapter: LlavaAdapter) -> ModelDims:
     """The FLOPs dimensions of the model as the adapter feeds it (pooling, row ends)."""
+    if uses_mrope(adapter):
+        text = adapter.config.text_config
+        return ModelDims(
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_layers=text.num_hidden_layers,
+            tile_size=adapter.tile_size,
+            patch_size=adapter.tile_size // adapter.tokens_per_side,
+            image_newline=False,
+        )
     return replace(
         ModelDims.from_config(adapter.config.to_dict()),
         hr_pool=adapter.options.hr_pool,
@@ -262,8 +305,11 @@ class ThumbnailStrategy(_ModelStrategy):
         """Answer from the thumbnail's tokens only."""
         adapter = self.adapter
         tokens = adapter.encode_tiles([prepared])[0]
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), tokens)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, tokens)
+        segments = [_full_segment(adapter.encoder_tokens_per_side)]
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         n = int(tokens.shape[0])
         count = TokenCount(self.name, n, self._all_layers(n))
         return self._result(answer, count, int(embeds.shape[1]), {"thumbnail_tokens": n})
@@ -295,7 +341,9 @@ class FullResolutionStrategy(_ModelStrategy):
         # The last image's vision sequence, so several questions on one image encode it
         # once. The image is held by a weak reference compared with ``is``: an ``id()``
         # key would match a later image that CPython allocated at a freed one's address.
-        self._encoded: tuple[weakref.ref[FullResolutionImage], torch.Tensor] | None = None
+        self._encoded: (
+            tuple[weakref.ref[FullResolutionImage], torch.Tensor, list[VisionSegment]] | None
+        ) = None
 
     def prepare(self, image_path: Path) -> FullResolutionImage:
         """Read the thumbnail and all finest tiles, or refuse an image that does not fit."""
@@ -321,11 +369,22 @@ class FullResolutionStrategy(_ModelStrategy):
             tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
             hr = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
             positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
-            sequence, _, _ = layout_vision_tokens(hr, positions, tokens[0], adapter.image_newline)
-            self._encoded = (weakref.ref(prepared), sequence)
-        sequence = self._encoded[1]
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+            sequence, _, order = layout_vision_tokens(
+                hr, positions, tokens[0], adapter.image_newline
+            )
+            rows = max(r for r, _ in prepared.positions) + 1
+            cols = max(c for _, c in prepared.positions) + 1
+            g = adapter.tokens_per_side
+            segments = [
+                _full_segment(adapter.encoder_tokens_per_side),
+                VisionSegment(positions[order], (rows * g, cols * g)),
+            ]
+            self._encoded = (weakref.ref(prepared), sequence, segments)
+        _, sequence, segments = self._encoded
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         encoded = (1 + len(prepared.tiles)) * adapter.thumbnail_tokens
         count = TokenCount(self.name, encoded, self._all_layers(int(sequence.shape[0])))
         return self._result(answer, count, int(embeds.shape[1]), {"tiles": len(prepared.tiles)})
@@ -359,9 +418,11 @@ class AnyresStrategy(_ModelStrategy):
     def answer(self, prepared: AnyresImage, question: str) -> StrategyResult:
         """Answer from the full anyres sequence."""
         adapter = self.adapter
-        sequence = anyres_sequence(adapter, prepared)
-        embeds, _ = adapter.assemble(adapter.prompt_parts(question), sequence)
-        answer = adapter.generate(embeds, self.max_new_tokens)
+        sequence, segments = anyres_layout(adapter, prepared)
+        prompt = adapter.prompt_parts(question)
+        embeds, _ = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        answer = adapter.generate(embeds, self.max_new_tokens, position_ids=positions)
         n = int(sequence.shape[0])
         count = TokenCount(self.name, self._encoded(prepared), self._all_layers(n))
         return self._result(answer, count, int(embeds.shape[1]), self._trace(prepared))
@@ -435,9 +496,13 @@ class LLMDropStrategy(AnyresStrategy):
     def answer(self, prepared: AnyresImage, question: str) -> StrategyResult:
         """Answer with staged prefill and greedy decoding on the pruned cache."""
         adapter = self.adapter
-        sequence = anyres_sequence(adapter, prepared)
-        embeds, vision_slice = adapter.assemble(adapter.prompt_parts(question), sequence)
-        generation = self.decoder.generate(embeds, vision_slice, self.drops, self.max_new_tokens)
+        sequence, segments = anyres_layout(adapter, prepared)
+        prompt = adapter.prompt_parts(question)
+        embeds, vision_slice = adapter.assemble(prompt, sequence)
+        positions = sequence_positions(adapter, prompt, segments)
+        generation = self.decoder.generate(
+            embeds, vision_slice, self.drops, self.max_new_tokens, position_ids=positions
+        )
         per_layer = tuple(generation.vision_tokens_per_layer)
         count = TokenCount(self.name, self._encoded(prepared), per_layer)
         trace = self._trace(prepared) | {
@@ -445,6 +510,64 @@ class LLMDropStrategy(AnyresStrategy):
             "vision_tokens_per_layer": list(per_layer),
         }
         return self._result(generation.answer, count, int(embeds.shape[1]), trace)
+
+
+class NativeStrategy(_ModelStrategy):
+    """A Qwen-VL model's own dynamic resolution: the whole image under a pixel budget.
+
+    The image is read once at the size Qwen-VL's resize rule gives it
+    (:func:`budgets.native_size`; a gigapixel image is never read whole) and handed to
+    the model's own processor and ``generate``, which place its tokens themselves: the
+    LRS-VQA paper's Fig. 5 setting.
+    """
+
+    def __init__(
+        self, name: str, adapter: LlavaAdapter, max_new_tokens: int, options: NativeOptions
+    ) -> None:
+        if not uses_mrope(adapter):
+            raise ValueError(
+                "native is a Qwen-VL model's own dynamic resolution; "
+                f"model type {adapter.config.model_type!r} has none (use anyres-pX)"
+            )
+        super().__init__(name, adapter, max_new_tokens)
+        self.options = options
+
+    def prepare(self, image_path: Path) -> np.ndarray:
+        """Read the whole image at its native-resolution size."""
+        options, unit = self.options, self.dims.patch_size
+        with open_image(image_path) as image:
+            size = budgets.native_size(
+                image.height, image.width, unit, options.min_pixels, options.max_pixels
+            )
+            whole = (0.0, 0.0, float(image.width), float(image.height))
+            return image.read_region(whole, size)
+
+    @torch.no_grad()
+    def answer(self, prepared: np.ndarray, question: str) -> StrategyResult:
+        """Answer through the model's own processor and ``generate``."""
+        from PIL import Image
+
+        adapter = self.adapter
+        inputs = adapter.processor(
+            images=Image.fromarray(prepared),
+            text=adapter.chat_text(question),
+            do_resize=False,
+            return_tensors="pt",
+        ).to(adapter.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
+        output = adapter.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=adapter.tokenizer.pad_token_id,
+        )
+        length = int(inputs["input_ids"].shape[1])
+        answer = adapter.tokenizer.decode(output[0, length:], skip_special_tokens=True).strip()
+        unit = self.dims.patch_size
+        n = (prepared.shape[0] // unit) * (prepared.shape[1] // unit)
+        count = TokenCount(self.name, n, self._all_layers(n))
+        trace = {"resized": [int(prepared.shape[0]), int(prepared.shape[1])], "tokens": n}
+        return self._result(answer, count, length, trace)
 
 
 class CoarseToFineStrategy(_ModelStrategy):
@@ -584,11 +707,27 @@ def make_fullres(model: ModelOptions, options: FullResOptions) -> FullResolution
     )
 
 
+def _clip_adapter(model: ModelOptions, name: str) -> LlavaAdapter:
+    """The shared model, refused where it has no CLIP-style [CLS] token to rank by."""
+    adapter = _adapter(model)
+    if uses_mrope(adapter):
+        raise ValueError(
+            f"{name} ranks tokens by the vision tower's [CLS] attention, which "
+            f"Qwen-VL's vision transformer has not"
+        )
+    return adapter
+
+
+def make_native(model: ModelOptions, options: NativeOptions) -> NativeStrategy:
+    """Factory of ``native``."""
+    return NativeStrategy("native", _adapter(model), model.max_new_tokens, options)
+
+
 def make_visionzip(model: ModelOptions, options: VisionZipOptions) -> CropReductionStrategy:
     """Factory of ``visionzip``."""
     return CropReductionStrategy(
         "visionzip",
-        _adapter(model),
+        _clip_adapter(model, "visionzip"),
         model.max_new_tokens,
         options.grid_tiles,
         partial(visionzip_crops, retained=options.retained),
@@ -599,7 +738,7 @@ def make_prumerge(model: ModelOptions, options: PruMergeOptions) -> CropReductio
     """Factory of ``prumerge++``."""
     return CropReductionStrategy(
         "prumerge++",
-        _adapter(model),
+        _clip_adapter(model, "prumerge++"),
         model.max_new_tokens,
         options.grid_tiles,
         partial(prumerge_crops, ratio=options.ratio, neighbours=options.neighbours),
@@ -623,7 +762,7 @@ def _rfm(adapter: LlavaAdapter, options: RFMOptions) -> RegionFocusModule:
 def _check_rfm(options: RFMOptions) -> None:
     """A mistyped ``rfm_path`` fails before the model loads."""
     if options.rfm_path is not None:
-        RegionFocusModule.check_folder(options.rfm_path)
+        RegionFocusModule.check_source(options.rfm_path)
 
 
 def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
@@ -706,6 +845,13 @@ register_strategy(
     options=PDropOptions,
     counter=counters.count_pdrop,
     summary="PyramidDrop: vision tokens cut at each LLM stage.",
+)
+register_strategy(
+    "native",
+    make_native,
+    options=NativeOptions,
+    counter=counters.count_native,
+    summary="Qwen-VL only: its own dynamic resolution under max_pixels (paper Fig. 5).",
 )
 register_strategy(
     "c2f",

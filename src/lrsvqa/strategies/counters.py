@@ -27,6 +27,7 @@ from lrsvqa.strategies.options import (
     FastVOptions,
     FullResOptions,
     GridOptions,
+    NativeOptions,
     PDropOptions,
     PruMergeOptions,
     VisionZipOptions,
@@ -214,3 +215,13 @@ def c2f_tiles_from_trace(lines: Iterable[str]) -> tuple[float, ...]:
     if not records:
         raise ValueError("no record with a coarse-to-fine trace (trace.tiles_per_level)")
     return tuple(sum(c) / len(c) for c in per_level) if per_level else (0.0,)
+
+
+def count_native(image: CountInput, options: NativeOptions) -> TokenCount:
+    """``native``: the whole image resized by Qwen-VL's rule, one token per merged patch."""
+    unit = image.dims.patch_size
+    height, width = budgets.native_size(
+        image.height, image.width, unit, options.min_pixels, options.max_pixels
+    )
+    tokens = (height // unit) * (width // unit)
+    return TokenCount("native", tokens, _llm(image.dims, tokens))

@@ -105,6 +105,7 @@ class StagedDecoder:
         vision_slice: slice,
         drops: Mapping[int, float],
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        position_ids: torch.Tensor | None = None,
     ) -> PrunedGeneration:
         """Answer from assembled ``[prefix, vision, suffix]`` embeddings with in-LLM cuts.
 
@@ -114,6 +115,8 @@ class StagedDecoder:
             drops: ``{layer: ratio}``: before ``layer``, drop ``ratio`` of the vision
                 tokens still present (:func:`budgets.check_drops` rules).
             max_new_tokens: Generation budget.
+            position_ids: Rotary positions where they are not the sequence index
+                (Qwen-VL's M-RoPE, ``(3, 1, n)``); survivors keep theirs.
         """
         check_drops(drops, len(self.layers))
         n = inputs_embeds.shape[1]
@@ -121,9 +124,10 @@ class StagedDecoder:
         positions = torch.arange(n, device=device)[None]
         is_vision = torch.zeros(n, dtype=torch.bool, device=device)
         is_vision[vision_slice] = True
+        rope = positions if position_ids is None else position_ids
         cache = DynamicCache(config=self.text_config)
         hidden = inputs_embeds
-        embeddings = self.rotary(hidden, positions)
+        embeddings = self.rotary(hidden, rope)
         mask = self._mask(hidden)
         last = torch.tensor([[n - 1]], device=device)
         previous = (hidden, embeddings)
@@ -133,7 +137,8 @@ class StagedDecoder:
                 rows = layer_attention_rows(self.layers[index - 1], previous[0], last, previous[1])
                 keep = self._cut(rows, is_vision, drops[index])
                 hidden, positions, is_vision = hidden[:, keep], positions[:, keep], is_vision[keep]
-                embeddings = self.rotary(hidden, positions)
+                rope = rope[..., keep]
+                embeddings = self.rotary(hidden, rope)
                 mask = self._mask(hidden)
                 last = torch.tensor([[hidden.shape[1] - 1]], device=device)
             vision_counts.append(int(is_vision.sum()))
@@ -149,7 +154,7 @@ class StagedDecoder:
                     position_embeddings=embeddings,
                 )
             )
-        answer = self._decode(hidden, cache, n, max_new_tokens)
+        answer = self._decode(hidden, cache, int(rope[..., -1].max()) + 1, max_new_tokens)
         kept = positions[0, is_vision].tolist()
         return PrunedGeneration(answer, vision_counts, token_counts, kept)
 
@@ -159,9 +164,13 @@ class StagedDecoder:
         return self.adapter.lm_head(normed).argmax(dim=-1)
 
     def _decode(
-        self, hidden: torch.Tensor, cache: DynamicCache, length: int, max_new_tokens: int
+        self, hidden: torch.Tensor, cache: DynamicCache, start: int, max_new_tokens: int
     ) -> str:
-        """Greedy decoding through all layers with the pruned cache."""
+        """Greedy decoding through all layers with the pruned cache.
+
+        New tokens are text: they take positions ``start, start + 1, ...`` after the
+        last prompt token's (on every M-RoPE axis alike).
+        """
         generated: list[int] = []
         for step in range(max_new_tokens):
             token = self._next_token(hidden)
@@ -169,7 +178,7 @@ class StagedDecoder:
             if int(token) in self.eos or step + 1 == max_new_tokens:
                 break
             hidden = self.adapter.embed_tokens(token)
-            position = torch.full((1, 1), length + step, device=hidden.device)
+            position = torch.full((1, 1), start + step, device=hidden.device)
             embeddings = self.rotary(hidden, position)
             for layer in self.layers:
                 hidden = _layer_output(

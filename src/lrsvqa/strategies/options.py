@@ -112,11 +112,25 @@ class PDropOptions(GridOptions):
 
 
 @dataclass(frozen=True)
+class NativeOptions:
+    """``native``: a Qwen-VL model's own dynamic resolution under a pixel budget."""
+
+    max_pixels: int = option(budgets.NATIVE_MAX_PIXELS, "Pixel budget of the resized image.")
+    min_pixels: int = option(budgets.NATIVE_MIN_PIXELS, "Smallest area it is resized to.")
+
+    def __post_init__(self) -> None:
+        _at_least("min_pixels", self.min_pixels, 1)
+        _at_least("max_pixels", self.max_pixels, self.min_pixels)
+
+
+@dataclass(frozen=True)
 class RFMOptions:
     """What both coarse-to-fine strategies take: the RFM and the retain ratio."""
 
     alpha: float = option(CoarseToFineConfig.alpha, "Share of tokens kept at each level.")
-    rfm_path: str | None = option(None, "Trained RFM folder (--rfm); training-free if none.")
+    rfm_path: str | None = option(
+        None, "Trained RFM folder or hub id (--rfm); training-free if none."
+    )
     rfm_layers: tuple[int, ...] | None = option(None, "Training-free RFM layers, e.g. 1,5,11,14.")
 
     def __post_init__(self) -> None:

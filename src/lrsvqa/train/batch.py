@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lrsvqa.models.adapter import LlavaAdapter
-from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.models.adapter import LlavaAdapter, PromptParts
+from lrsvqa.models.auto import uses_mrope
+from lrsvqa.models.layout import VisionSegment, layout_vision_tokens, tile_token_positions
 from lrsvqa.train.data import RawSample, TextLayout
 
 IGNORE_INDEX = -100
@@ -76,6 +77,8 @@ class EmbeddedBatch:
         tile_positions: Per sample, sequence index of every kept tile token.
         target_flags: Per sample, bool per kept tile token in sequence order (None
             without targets).
+        position_ids: (3, B, n) M-RoPE positions for Qwen-VL models, laid out as
+            inference lays them (:meth:`QwenVLAdapter.position_ids`); None for LLaVA.
     """
 
     inputs_embeds: torch.Tensor
@@ -87,6 +90,7 @@ class EmbeddedBatch:
     hr_mask: torch.Tensor
     tile_positions: list[torch.Tensor]
     target_flags: list[torch.Tensor | None]
+    position_ids: torch.Tensor | None = None
 
 
 def answer_ids(adapter: LlavaAdapter, answer: str) -> torch.Tensor:
@@ -158,6 +162,7 @@ def _sequence(
     """Embeddings, labels, masks, query and tile positions and target flags of one sample."""
     tokens = tiles.reshape(-1, adapter.hidden_size)
     positions, flags = sample.positions, sample.target_tokens
+    grid = tuple(int(side) for side in positions.max(axis=0) + 1) if len(positions) else (0, 0)
     if sample.keep is not None:
         index = torch.as_tensor(np.flatnonzero(sample.keep), device=tokens.device)
         tokens, positions = tokens[index], positions[sample.keep]
@@ -189,7 +194,14 @@ def _sequence(
     targets = None
     if flags is not None and flags.any():
         targets = torch.as_tensor(flags[order], device=device)
+    rope = None
+    if uses_mrope(adapter):
+        # The sample's tiles span the level's grid, pruned tokens or not (as inference).
+        segments = [adapter.thumbnail_segment(), VisionSegment(positions[order], grid)]
+        parts = PromptParts(text.prefix_ids, text.suffix_ids)
+        rope = adapter.position_ids(parts, segments)[:, 0]
     return {
+        "rope": rope,
         "embeds": embeds,
         "labels": labels,
         "vision": vision_mask,
@@ -230,6 +242,9 @@ def embed_batch(
     labels = torch.full((batch, n), IGNORE_INDEX, dtype=torch.long, device=device)
     vision_mask = torch.zeros(batch, n, dtype=torch.bool, device=device)
     hr_mask = torch.zeros_like(vision_mask)
+    rope = None
+    if pieces[0]["rope"] is not None:
+        rope = torch.zeros(3, batch, n, dtype=torch.long, device=device)
     queries = torch.zeros(batch, turns, dtype=torch.long, device=device)
     turn_mask = torch.zeros(batch, turns, dtype=torch.bool, device=device)
     for row, piece in enumerate(pieces):
@@ -239,6 +254,8 @@ def embed_batch(
         labels[row, :length] = piece["labels"]
         vision_mask[row, :length] = piece["vision"]
         hr_mask[row, :length] = piece["hr"]
+        if rope is not None:
+            rope[:, row, :length] = piece["rope"]
         queries[row, :j] = piece["queries"]
         queries[row, j:] = piece["queries"][-1]
         turn_mask[row, :j] = True
@@ -252,4 +269,5 @@ def embed_batch(
         hr_mask,
         [p["tiles"] for p in pieces],
         [p["targets"] for p in pieces],
+        rope,
     )

@@ -9,8 +9,9 @@ teacher's attention is computed under ``no_grad``.
 
 Outputs in ``out_dir``:
 
-* ``rfm.safetensors`` + ``rfm_config.json``: what :meth:`RegionFocusModule.load` reads
-  (the config records ``distill_pairs``);
+* ``rfm.safetensors`` + ``rfm_config.json``: what :meth:`RegionFocusModule.from_pretrained`
+  reads (the config records ``distill_pairs`` and the run's data, recipe and losses),
+  and ``README.md``, the model card generated from it (``push_to_hub`` uploads all);
 * ``log.jsonl``: one line per logging window (step, loss, kl, kl_hr, mse, lr);
 * ``checkpoints/step_NNNNNNN``: safetensors + JSON folders (RFM, optimizer, schedule,
   RNG, data position, progress; see :mod:`lrsvqa.train.checkpoint`, never a pickle)
@@ -37,6 +38,8 @@ from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.auto import load_adapter
 from lrsvqa.models.placement import DEFAULT_DTYPE
 from lrsvqa.models.rfm import (
+    CONFIG_NAME,
+    MODEL_CARD_NAME,
     SELECTED_STRUCTURE,
     RegionFocusModule,
     RFMConfig,
@@ -366,8 +369,11 @@ def evaluate_agreement(
             batch.query_positions,
             batch.attention_mask,
             [m for _, m in pairs],
+            batch.position_ids,
         )
-        rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+        rows = student(
+            batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+        )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, weights
         )
@@ -392,6 +398,33 @@ def evaluate_agreement(
 
 
 # ---------------------------------------------------------------------- export
+def _training_record(
+    config: DistillConfig, num_processes: int, records: list[dict]
+) -> dict[str, object]:
+    """Data, recipe and losses of the run, kept in the RFM's config for its model card."""
+    data = config.data
+    return {
+        "data": str(Path(data).resolve())
+        if isinstance(data, str | Path)
+        else f"{len(data)} conversations",
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "grad_accum": config.grad_accum,
+        "processes": num_processes,
+        "lr": config.lr,
+        "warmup_ratio": config.warmup_ratio,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "mixed_precision": config.mixed_precision,
+        "loss_weights": asdict(config.weights),
+        "min_short_side": config.min_short_side,
+        "dip_rule": config.dip_rule,
+        "hr_pool": config.hr_pool,
+        "seed": config.seed,
+        "final_losses": {k: v for k, v in records[-1].items() if k != "lr"} if records else None,
+    }
+
+
 def _export(
     accelerator: Accelerator,
     student: torch.nn.Module,
@@ -442,8 +475,11 @@ def _distill_phase(
                 batch.query_positions,
                 batch.attention_mask,
                 llm_layers,
+                batch.position_ids,
             )
-            rows = student(batch.inputs_embeds, batch.query_positions, batch.attention_mask)
+            rows = student(
+                batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
+            )
         terms = distillation_loss(
             rows, teacher, batch.vision_mask, batch.hr_mask, batch.turn_mask, config.weights
         )
@@ -477,9 +513,7 @@ def distill(config: DistillConfig) -> DistillReport:
     set_seed(config.seed)
     adapter = _load_adapter(
         config.model, config.model_dtype, accelerator.device, config.attn_implementation
-    ).with_options(
-        hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline
-    )
+    ).with_options(hr_pool=config.hr_pool, pool_mode=config.pool_mode, newline=config.newline)
     rfm, pairs = _initial_rfm(adapter, config)
     trainable = mark_trainable(rfm)
     dataset, eval_dataset = _datasets(adapter, config, conversations)
@@ -524,12 +558,17 @@ def distill(config: DistillConfig) -> DistillReport:
     student.train()
     result = loop.run()
     records = result.records
+    rfm.rfm_config.training = _training_record(config, accelerator.num_processes, records)
     distilled = _export(accelerator, student, adapter, rfm.rfm_config, out_dir)
     after = None
     if eval_dataset is not None and distilled is not None:
         after = evaluate_agreement(
             adapter, distilled, eval_dataset, pairs, weights=config.weights, alpha=config.alpha
         )
+        agreement = {"before": before and asdict(before), "after": asdict(after)}
+        distilled.rfm_config.training = {**(distilled.rfm_config.training or {}), **agreement}
+        distilled.rfm_config.save(out_dir / CONFIG_NAME)
+        distilled.generate_model_card().save(out_dir / MODEL_CARD_NAME)
     report = DistillReport(
         out_dir=out_dir,
         steps=result.step,

@@ -79,7 +79,12 @@ def grounding_loss(
     if not grounded or not layers:
         return batch.inputs_embeds.sum() * 0.0
     rows = rows_from_hidden_states(
-        adapter, hidden_states, batch.query_positions, batch.attention_mask, layers
+        adapter,
+        hidden_states,
+        batch.query_positions,
+        batch.attention_mask,
+        layers,
+        batch.position_ids,
     )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
@@ -151,6 +156,7 @@ def sft_loss(
     output = adapter.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
         labels=batch.labels,
         use_cache=False,
         output_hidden_states=bool(grounding_layers),
@@ -378,9 +384,7 @@ def finetune_conversations(
     torch.manual_seed(seed)
     adapter = load_adapter(
         model, dtype=dtype, device=device, attn_implementation=attn_implementation
-    ).with_options(
-        hr_pool=hr_pool, pool_mode=pool_mode, newline=newline
-    )
+    ).with_options(hr_pool=hr_pool, pool_mode=pool_mode, newline=newline)
     sampler = ConversationSampler(
         conversations, adapter.tile_size, min_short_side, seed, dip_rule=dip_rule
     )

@@ -84,16 +84,21 @@ def teacher_attention(
     query_positions: torch.Tensor,
     attention_mask: torch.Tensor,
     llm_layers: Sequence[int],
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-head rows of the frozen LLM at the given layers, stacked (K, B, H, J, n)."""
+    """Per-head rows of the frozen LLM at the given layers, stacked (K, B, H, J, n).
+
+    ``position_ids`` are a Qwen-VL batch's M-RoPE positions (None: the sequence index).
+    """
     outputs = adapter.language_model(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
+        position_ids=position_ids,
         output_hidden_states=True,
         use_cache=False,
     )
     return rows_from_hidden_states(
-        adapter, outputs.hidden_states, query_positions, attention_mask, llm_layers
+        adapter, outputs.hidden_states, query_positions, attention_mask, llm_layers, position_ids
     )
 
 
@@ -103,6 +108,7 @@ def rows_from_hidden_states(
     query_positions: torch.Tensor,
     attention_mask: torch.Tensor,
     llm_layers: Sequence[int],
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-head rows (K, B, H, J, n) at the given layers, from a forward pass's hidden states.
 
@@ -112,7 +118,8 @@ def rows_from_hidden_states(
     """
     embeds = hidden_states[0]
     batch, n = embeds.shape[:2]
-    position_ids = torch.arange(n, device=embeds.device)[None].expand(batch, -1)
+    if position_ids is None:
+        position_ids = torch.arange(n, device=embeds.device)[None].expand(batch, -1)
     position_embeddings = adapter.language_model.rotary_emb(embeds, position_ids)
     key_mask = attention_mask.bool()
     return torch.stack(
@@ -147,11 +154,12 @@ class StudentAttention(nn.Module):
         inputs_embeds: torch.Tensor,
         query_positions: torch.Tensor,
         attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-head student rows at the paired RFM layers, stacked (K, B, H, J, n)."""
         dtype = next(self.parameters()).dtype
         rows = self.rfm.attention_rows(
-            inputs_embeds.to(dtype), query_positions, self.rfm_layers, attention_mask
+            inputs_embeds.to(dtype), query_positions, self.rfm_layers, attention_mask, position_ids
         )
         return torch.stack([rows[r] for r in self.rfm_layers])
 

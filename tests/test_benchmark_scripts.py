@@ -1,0 +1,58 @@
+"""The synthetic-world benchmark's rows and the oracle-reading benchmark's token choice."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lrsvqa.imagery.pyramid import build_pyramid
+from lrsvqa.models.layout import tile_token_positions
+from lrsvqa.strategies.registry import strategy_entry
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_has_the_issues_rows_and_the_papers_ablations() -> None:
+    runs = _script("synthetic_world").benchmark_runs(
+        {"alpha": 0.1, "max_tiles": 80}, {"rfm_path": "rfm"}, 144, ablations=True, fullres=True
+    )
+    strategies = [strategy for strategy, _ in runs.values()]
+    for name in ("thumbnail", "anyres-p4", "anyres-p9", "anyres-p25", "fullres", "c2f-nodip"):
+        assert name in strategies
+    for peer in ("visionzip", "prumerge++", "fastv", "pdrop"):  # on the p144 grid
+        assert [o["grid_tiles"] for s, o in runs.values() if s == peer] == [144]
+    for strategy, options in runs.values():  # every row's options parse as its strategy's
+        strategy_entry(strategy).parse({"model_path": "m", **options})
+    c2f = [o for s, o in runs.values() if s == "c2f"]
+    assert {o.get("rfm_path") for o in c2f} == {"rfm", None}  # distilled and training-free
+    assert sorted(o["fixed_layers"] for o in c2f if "fixed_layers" in o) == [2, 3, 4, 5]
+    retain = sorted(o["alpha"] for s, o in runs.values() if s == "c2f-nodip")
+    assert retain == [0.1, 0.25, 0.5, 0.75, 0.9]
+    bare = _script("synthetic_world").benchmark_runs({"alpha": 0.1}, {}, 36, False, False)
+    assert "fullres" not in [s for s, _ in bare.values()]
+    assert not any("rfm_path" in o for _, o in bare.values())
+
+
+def test_oracle_keeps_exactly_the_tokens_whose_ground_touches_the_box() -> None:
+    oracle = _script("oracle_reading")
+    level = build_pyramid(4096, 4096).levels[-1]  # the finest level: 1 px per image px
+    g = 8
+    box = (700.0, 10.0, 720.0, 30.0)  # inside tile (0, 2) of 336 px, token column 16
+    tiles = level.tiles_covering(box)
+    positions = tile_token_positions(tiles, g)
+    touched = positions[oracle._touching(level, positions, box, g)]
+    step = level.tile_size / g * level.image_width / level.resized_size[1]
+    expected = {(int(y // step), int(x // step)) for x in (700, 719) for y in (10, 29)}
+    assert {tuple(p) for p in touched.tolist()} == expected
+    assert np.all(oracle._touching(level, positions, (0, 0, 1e9, 1e9), g))
