@@ -227,7 +227,7 @@ def ask(
             reader.thumbnail(),
             reader.geometry,
             result.coarse_scores,
-            result.selected_boxes,
+            [(level.level, level.tiles_encoded) for level in result.levels],
             title=f"{question}\n{result.answer}",
         )
         console.print(f"overlay written to {overlay}")
