@@ -162,10 +162,9 @@ def _feature(ring: list[list[float]], properties: dict[str, Any]) -> dict[str, A
     }
 
 
-def trace_table(result: CoarseToFineResult) -> Table:
-    """The per-level trace as a rich table."""
-    table = Table(title="coarse-to-fine trace")
-    for column in (
+def trace_rows(result: CoarseToFineResult) -> tuple[list[str], list[list[str]]]:
+    """The per-level trace as a header and rows (for the table and CSV)."""
+    header = [
         "level",
         "downsample",
         "grid",
@@ -173,10 +172,9 @@ def trace_table(result: CoarseToFineResult) -> Table:
         "tokens encoded",
         "tokens kept",
         "decision",
-    ):
-        table.add_column(column)
-    for level in result.levels:
-        table.add_row(
+    ]
+    rows = [
+        [
             str(level.level),
             f"1/{level.downsample:.4g}",
             f"{level.grid[0]}x{level.grid[1]}",
@@ -184,7 +182,18 @@ def trace_table(result: CoarseToFineResult) -> Table:
             str(level.tokens_encoded),
             str(level.tokens_kept),
             level.decision,
-        )
+        ]
+        for level in result.levels
+    ]
+    return header, rows
+
+
+def trace_table(result: CoarseToFineResult) -> Table:
+    """The per-level trace as a rich table."""
+    header, rows = trace_rows(result)
+    table = Table(*header, title="coarse-to-fine trace")
+    for row in rows:
+        table.add_row(*row)
     table.caption = (
         f"vision tokens encoded {result.vision_tokens_encoded}, "
         f"to LLM {result.vision_tokens_to_llm} (thumbnail {result.thumbnail_tokens} + "
