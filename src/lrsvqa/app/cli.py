@@ -408,12 +408,14 @@ def score(
     json_alias: Path | None = typer.Option(None, "--json", hidden=True),
     markdown_alias: Path | None = typer.Option(None, "--markdown", hidden=True),
 ) -> None:
-    """Score answers files from lrsvqa or any tool writing question_id + text.
+    """Score answers of lrsvqa, lmms-eval, VLMEvalKit or any tool writing question_id + text.
 
     JSON Lines (or a JSON list) with question_id and the prediction in answer / text /
-    output; ground_truth and category in the records or from --questions. Answers to
-    questions not in --questions, and repeated ids (first answer scored), are reported.
-    Several files print one table, a column per file (its pooled subsets).
+    output; ground_truth and category in the records or from --questions. lmms-eval
+    --log_samples files (doc_id, target, resps) and VLMEvalKit prediction tables
+    (.xlsx, .tsv, .csv: index, answer, prediction) are told apart by content and suffix.
+    Answers to questions not in --questions, and repeated ids (first answer scored),
+    are reported. Several files print one table, a column per file (its pooled subsets).
 
     Example: lrsvqa score outputs/c2f.jsonl outputs/fastv.jsonl --format csv -o runs.csv
     """
@@ -421,8 +423,8 @@ def score(
 
     from rich.console import Console
 
-    from lrsvqa.bench.answers import read_any_answers
     from lrsvqa.bench.datasets import load_benchmark
+    from lrsvqa.bench.foreign import align_doc_ids, read_scorable
     from lrsvqa.bench.reports import (
         comparison_rows,
         print_report,
@@ -444,12 +446,13 @@ def score(
     names = [path.stem for path in answers]
     if len(set(names)) < len(names):
         names = [str(path) for path in answers]
-    reports = {
-        name: score_answers(
-            read_any_answers(path), items, rule=rule.value, run=read_run_record(path), source=path
-        )
-        for name, path in zip(names, answers, strict=True)
-    }
+    reports = {}
+    for name, path in zip(names, answers, strict=True):
+        records = read_scorable(path)
+        if items is not None:
+            records = align_doc_ids(records, items, path)
+        run = read_run_record(path)
+        reports[name] = score_answers(records, items, rule=rule.value, run=run, source=path)
     single = next(iter(reports.values())) if len(reports) == 1 else None
     header, rows = report_rows(single) if single else comparison_rows(reports)
     as_json = single.to_dict() if single else {n: r.to_dict() for n, r in reports.items()}
