@@ -6,10 +6,12 @@ Two formats besides the project's own JSON Lines (and MME-RealWorld's JSON list,
 * **lmms-eval sample logs** (``--log_samples``: ``*_samples_<task>.jsonl``), one JSON
   object per line with ``doc_id``, ``target`` and the model's answer in
   ``filtered_resps`` or ``resps`` (a string, or a nested list of strings; the first
-  string is the answer). Older releases also keep ``doc``; newer ones drop it. The
-  question id is the doc's ``question_id`` (or ``Question_id``) when the doc is there,
-  else the ``doc_id``, which against a question file is the question's position in it
-  (lmms-eval numbers the docs of its split in order, :func:`align_doc_ids`). Told apart
+  string is the answer). Older releases also keep ``doc``; newer ones drop it, and then
+  the facts are read from a metric value holding a ``question_id`` (as the lrsvqa tasks'
+  metrics do, :mod:`lrsvqa.integrations.lmms_eval.task`). The question id is the doc's
+  ``question_id`` (or ``Question_id``), else the ``doc_id``, which against a question
+  file is the question's position in it (lmms-eval numbers the docs of its split in
+  order, :func:`align_doc_ids`). Told apart
   from a project answers file by its first record having ``doc_id`` and a response.
 * **VLMEvalKit prediction files** (``<model>_<dataset>.xlsx``, or ``.tsv`` / ``.csv``),
   a table with columns ``index``, ``question``, ``answer`` (the ground truth),
@@ -114,7 +116,11 @@ def _lmms_record(sample: Mapping[str, Any], where: str, task: str) -> dict[str, 
                 break
     if prediction is None:
         raise AnswerFileError(where, "no text answer in filtered_resps or resps")
-    doc = sample.get("doc") if isinstance(sample.get("doc"), Mapping) else {}
+    doc = sample.get("doc") if isinstance(sample.get("doc"), Mapping) else None
+    if doc is None:  # newer logs drop the doc; an lrsvqa task's metrics carry the facts
+        doc = next(
+            (v for v in sample.values() if isinstance(v, Mapping) and "question_id" in v), {}
+        )
     question_id = doc.get("question_id", doc.get("Question_id"))
     record: dict[str, Any] = {"prediction": prediction}
     if question_id is None:
