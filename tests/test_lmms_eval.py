@@ -1,6 +1,7 @@
 """The lmms-eval integration against the real package: `lmms-eval --model lrsvqa` = `lrsvqa eval`.
 
-Skipped where lmms-eval is not installed (``pip install -e '.[lmms]'``).
+The command-line test is skipped where lmms-eval is not installed
+(``pip install -e '.[lmms]'``); the task folder and its metrics are tested everywhere.
 """
 
 import importlib.util
@@ -22,7 +23,7 @@ from lrsvqa.integrations.lmms_eval.task import write_tasks
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
 from tests.tiny_models import WORDS
 
-pytestmark = pytest.mark.skipif(
+needs_lmms_eval = pytest.mark.skipif(
     importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed"
 )
 
@@ -66,6 +67,30 @@ def _lmms_eval_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "lmms_eval"]
 
 
+def test_task_folder_and_its_paper_rule_metrics_without_lmms_eval(tmp_path):
+    from lrsvqa.bench.reports import score_answers
+    from lrsvqa.integrations.lmms_eval import task
+
+    questions = _questions(tmp_path / "q.jsonl", ["grey", "3", "2", "white", "1"])
+    (tmp_path / "img").mkdir()
+    assert task.write_tasks(questions, tmp_path, tmp_path / "t", "lrs") == ["lrs_star", "lrs_fair"]
+    assert "  - lrs_star\n  - lrs_fair\n" in (tmp_path / "t" / "lrs.yaml").read_text()
+    config = (tmp_path / "t" / "lrs_star.yaml").read_text()
+    assert "dataset_path: json" in config and "task: lrs_star" in config
+    docs = [
+        json.loads(line) for line in (tmp_path / "t" / "lrs_star.jsonl").read_text().splitlines()
+    ]
+    assert task.doc_to_visual(docs[0]) == [str((tmp_path / "img" / "a.png").resolve())]
+    assert task.doc_to_text(docs[1]) == "how many ship are there?"
+    predictions = ["Gray", "three", "2"]
+    answers = [task.process_results(d, [p])["oa"] for d, p in zip(docs, predictions, strict=True)]
+    expected = score_answers(answers, rule="paper").groups["STAR"].accuracies("paper")
+    assert task.overall_accuracy(answers) == pytest.approx(100 * expected[0])
+    assert task.average_accuracy(answers) == pytest.approx(100 * expected[1])
+    assert task.task_name("lrs_vqa", "GLH-Bridge") == "lrs_vqa_glh_bridge"
+
+
+@needs_lmms_eval
 @pytest.mark.slow
 def test_lmms_eval_command_line_scores_equal_lrsvqa_eval(tmp_path):
     model_dir = save_tiny_llava(*build_tiny_llava(WORDS), tmp_path / "model")
