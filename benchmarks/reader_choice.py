@@ -233,7 +233,7 @@ STATS_PATH = "/_served"
 REMOTE_READERS = (("gdal", "lrsvqa (GDAL /vsicurl)"), ("download", "download, then read"))
 
 
-def ensure_cog(side: int) -> Path:
+def ensure_cog(side: int, cache: Path | None = None) -> Path:
     """A textured RGB COG of ``side`` px (Deflate, 512 px blocks, overviews), cached."""
     import rasterio
     from rasterio.shutil import copy as copy_raster
@@ -243,12 +243,13 @@ def ensure_cog(side: int) -> Path:
     from lrsvqa.imagery.texture import render_texture
     from pyramid_io import CACHE
 
-    cog = CACHE / f"cog_{side}.tif"
+    cache = cache or CACHE
+    cog = cache / f"cog_{side}.tif"
     if cog.exists():
         return cog
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    plain, partial = CACHE / f"cog_{side}.plain.tif", CACHE / f"cog_{side}.partial.tif"
+    plain, partial = cache / f"cog_{side}.plain.tif", cache / f"cog_{side}.partial.tif"
     profile = {
         "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
         "crs": "EPSG:32633", "transform": from_origin(500_000.0, 4_300_000.0, 0.5, 0.5),
@@ -440,9 +441,9 @@ def remote_child(mode: str, url: str) -> None:
     print(json.dumps(result))
 
 
-def remote_main(side: int, links: list[tuple[float, float]]) -> None:
+def remote_main(side: int, links: list[tuple[float, float]], cache: Path | None = None) -> None:
     """Serve the COG over each simulated link and compare the two ways of reading it."""
-    cog = ensure_cog(side)
+    cog = ensure_cog(side, cache)
     size = cog.stat().st_size
     env = dict(os.environ, NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
     print(f"{cog.name}: {side} x {side} px RGB COG, {size / 2**20:.1f} MiB, served on 127.0.0.1")
@@ -492,6 +493,7 @@ if __name__ == "__main__":
         "--link", type=_link, action="append", metavar="MBPS:MS",
         help="Simulated link: megabit/s (0: unpaced) and ms per request; repeatable.",
     )  # fmt: skip
+    parser.add_argument("--remote-cache", type=Path, help="Folder of the COG (default: .cache).")
     parser.add_argument("--remote-child", nargs=2, metavar=("MODE", "URL"))
     args = parser.parse_args()
     if args.child:
@@ -499,6 +501,6 @@ if __name__ == "__main__":
     elif args.remote_child:
         remote_child(*args.remote_child)
     elif args.remote:
-        remote_main(args.remote_side, args.link or [(0.0, 0.0), (100.0, 20.0)])
+        remote_main(args.remote_side, args.link or [(0.0, 0.0), (100.0, 20.0)], args.remote_cache)
     else:
         main()

@@ -10,14 +10,15 @@ from lrsvqa.models.qwen_adapter import QwenVLAdapter
 from lrsvqa.models.tiny_qwen import build_tiny_qwen_vl
 from tests.tiny_models import WORDS
 
-QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl")
+QWEN_KINDS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def tiny_qwen_model(kind: str = "qwen2_vl", **kwargs):
     """A tiny Qwen-VL model with large LLM weights, and its processing.
 
     Large weights make greedy answers depend on the input (random tiny models otherwise
-    repeat one token whatever they see), so equal answers mean equal inputs.
+    repeat one token whatever they see), so equal answers mean equal inputs. Qwen3-VL's
+    deepstack mergers get large weights too, so that answers depend on those features.
     """
     model, processor = build_tiny_qwen_vl(WORDS, kind=kind, **kwargs)
     torch.manual_seed(1)
@@ -26,6 +27,10 @@ def tiny_qwen_model(kind: str = "qwen2_vl", **kwargs):
             if param.dim() == 2:
                 param.normal_(0, 0.3)
         model.lm_head.weight.normal_(0, 0.3)
+        for merger in getattr(model.model.visual, "deepstack_merger_list", ()):
+            for module in merger.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0, 0.3)
     return model, processor
 
 

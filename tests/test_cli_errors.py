@@ -160,3 +160,50 @@ def test_eval_and_merge_missing_files_end_in_one_line(tmp_path):
     merged = tmp_path / "merged.jsonl"
     one_line_error(run("merge", merged), str(merged), "no shard files")
     one_line_error(run("merge", merged, missing), str(missing))
+
+
+# --- ask and eval: models, RFMs and images -------------------------------------------------
+
+
+def test_truncated_weights_and_missing_rfm_end_in_one_line(tmp_path, model):
+    import shutil
+
+    from PIL import Image
+
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (64, 64)).save(image)
+    cut = shutil.copytree(model, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    result = run("ask", image, "what?", "--model", cut)
+    one_line_error(result, str(weights), "truncated safetensors file")
+    # A mistyped --rfm fails before the model loads (no progress bar, no wait).
+    missing = tmp_path / "no-rfm"
+    one_line_error(run("ask", image, "what?", "--model", model, "--rfm", missing), str(missing))
+    from lrsvqa.strategies.registry import build_strategy
+
+    with pytest.raises(ValueError, match="no-rfm: no such folder"):
+        build_strategy("c2f", model_path="never-loaded", rfm_path=str(missing))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"), [("[{", "not a JSON file"), ("[1]", "item 0"), ("[]", "no questions")]
+)
+def test_bad_mme_question_files_end_in_one_line(tmp_path, text, problem):
+    questions = tmp_path / "MME_RealWorld_RS.json"
+    questions.write_text(text)
+    answers = tmp_path / "a.jsonl"
+    answers.write_text(json.dumps({"question_id": "1", "answer": "A"}) + "\n")
+    result = run("score", answers, "--questions", questions)
+    one_line_error(result, str(questions), problem)
+
+
+def test_formats_and_urls_that_need_gdal_say_how_to_get_it(tmp_path, monkeypatch):
+    from lrsvqa.imagery import gdal
+
+    monkeypatch.setattr(gdal, "available", lambda: False)
+    jp2 = tmp_path / "scene.jp2"
+    jp2.write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(64))
+    one_line_error(run("pyramid", jp2), str(jp2), "JPEG2000", "pip install 'lrsvqa[geo]'")
+    url = "https://example.invalid/scene.tif"  # refused before any request
+    one_line_error(run("pyramid", url), url, "remote image needs GDAL")

@@ -52,6 +52,27 @@ def test_geotiff_georeference_matches_gdal(tmp_path: Path) -> None:
         assert ring == [pytest.approx(list(TRANSFORM @ corner)) for corner in corners]
 
 
+def test_a_crs_without_an_epsg_code_is_given_as_wkt(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lrsvqa.app.cli import app
+
+    crs = "+proj=tmerc +lat_0=0 +lon_0=13.3 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84 +units=m"
+    with rasterio.open(
+        tmp_path / "custom.tif", "w", driver="GTiff", width=W, height=H, count=3,
+        dtype="uint8", crs=crs, transform=TRANSFORM, photometric="RGB",
+    ) as ds:  # fmt: skip
+        ds.write(_pixels(3).astype(np.uint8))
+    with rasterio.open(tmp_path / "custom.tif") as ds:
+        expected = ds.crs.to_wkt()
+    with open_image(tmp_path / "custom.tif") as image:
+        assert image.georef.epsg is None and image.georef.crs == expected
+        assert 'central_meridian",13.3' in image.georef.crs
+        assert image.georef.geotransform == pytest.approx(TRANSFORM.to_gdal())
+    result = CliRunner().invoke(app, ["pyramid", str(tmp_path / "custom.tif")])
+    assert "CRS: PROJCS[" in result.output and "CRS: none" not in result.output
+
+
 def test_pixel_is_point_is_shifted_like_gdal(tmp_path: Path) -> None:
     data = np.zeros((H, W), np.uint8)
     path = tmp_path / "point.tif"
@@ -317,3 +338,22 @@ def test_remote_cog_reads_a_small_fraction_of_the_file(
         expected = local.tiles(local.geometry.num_levels - 1, [(0, 0), (3, 4), (7, 7)])
     for remote_tile, local_tile in zip(tiles, expected, strict=True):
         np.testing.assert_array_equal(remote_tile, local_tile)
+
+
+def test_reader_choice_remote_benchmark_runs_and_fetches_less_than_the_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "reader_choice.py"
+    command = [sys.executable, str(bench), "--remote", "--remote-side", "2048"]
+    command += ["--link", "0:0", "--remote-cache", str(tmp_path)]
+    src = str(bench.parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("loopback")]
+    gdal_row, download_row = rows
+    assert gdal_row[-1] == download_row[-1]  # the same pixels
+    share = float(gdal_row[-2].rstrip("%"))
+    assert share < 100.0 and download_row[-2] == "100.0%"

@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     "train": 3,
     "bench": 4,
     "app": 5,
+    "integrations": 5,
 }
 # Beside the floor rule: what a package of the same floor, or below, it may not import.
 FORBIDDEN: dict[str, set[str]] = {

@@ -26,7 +26,7 @@ def _sequence(adapter, tiles=(1, 2)):
     cells = np.stack(np.divmod(np.arange(g * g), g), axis=1)
     level = np.concatenate([cells + [0, c * g] for c in range(tiles[1])])
     order = np.lexsort((level[:, 1], level[:, 0]))
-    hr = tokens[1:].reshape(-1, adapter.hidden_size)[torch.as_tensor(order)]
+    hr = tokens[1:].reshape(-1, tokens.shape[-1])[torch.as_tensor(order)]
     prompt = adapter.prompt_parts(QUESTION)
     embeds, vision = adapter.assemble(prompt, torch.cat([tokens[0], hr]))
     segments = [adapter.thumbnail_segment(), adapter.segment_of_tiles(tiles, level[order])]
@@ -42,7 +42,7 @@ def _eager_rows(adapter, embeds, positions, layers):
     try:
         with torch.no_grad():
             out = lm(
-                inputs_embeds=embeds,
+                **adapter.language_model_inputs(embeds),
                 position_ids=positions,
                 output_attentions=True,
                 use_cache=False,
@@ -63,6 +63,9 @@ def test_rfm_scores_equal_eager_attention_weights_with_mrope(adapter):
     assert torch.allclose(scores, reference, atol=1e-5)
     # The positions matter: the sequence index as positions gives other scores.
     assert not torch.allclose(rfm.vision_scores(embeds, vision), reference, atol=1e-5)
+    if adapter.deepstack_layers:  # and so do Qwen3-VL's deepstack features
+        plain = embeds[..., : adapter.hidden_size]
+        assert not torch.allclose(rfm.vision_scores(plain, vision, positions), reference, atol=1e-5)
 
 
 def test_rfm_rows_of_several_queries_match_eager(adapter):

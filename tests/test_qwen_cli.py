@@ -86,18 +86,18 @@ def test_teacher_rows_with_mrope_equal_eager_weights(checkpoint, data):
         batch.inputs_embeds,
         batch.query_positions,
         batch.attention_mask,
-        [0, 3],
+        [0, 2, 3],
         batch.position_ids,
     )
     with torch.no_grad():
         out = adapter.language_model(
-            inputs_embeds=batch.inputs_embeds,
+            **adapter.language_model_inputs(batch.inputs_embeds),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             output_attentions=True,
             use_cache=False,
         )
-    for k, layer in enumerate((0, 3)):
+    for k, layer in enumerate((0, 2, 3)):
         for example in range(2):
             queries = batch.query_positions[example]
             expected = out.attentions[layer][example][:, queries]

@@ -68,7 +68,7 @@ def test_resume_refuses_answers_made_by_another_model_or_option(bench):
     )
     changed = ("model (config, weights differ)", "option delay: 0.0 -> 0.001")
     line = one_line_error(second, str(out), *changed)
-    assert "--output" in line
+    assert "give --out NEW.jsonl" in line
     assert out.read_bytes() == before
     same = eval_cli(root, questions, "--model", str(model_a), "-o", str(out))
     assert same.exit_code == 0 and "0 answered, 6 already done" in same.output

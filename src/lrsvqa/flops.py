@@ -33,7 +33,7 @@ from lrsvqa.imagery.pyramid import DEFAULT_TILE_SIZE
 
 # The paper's RFM (Sec. 5.1) has 4 layers, each counted once per pyramid level.
 RFM_LAYERS = 4
-QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def layer_flops(tokens: int, hidden: int, intermediate: int) -> int:

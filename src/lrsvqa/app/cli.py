@@ -33,7 +33,10 @@ DEFAULT_DIP = DipRule(DEFAULT_DIP_RULE)
 _DIP_HELP = "DIP levels: official (long side, the code's) or paper-text (short side)."
 _HR_POOL_HELP = "Pool high-res tile tokens by this stride (2 = the paper's; default: config)."
 _POOL_MODE_HELP = "How tiles are pooled: bilinear, average or max (default: the config's)."
-_NO_NEWLINE_HELP = "Feed no row-end (image_newline) tokens."
+_NEWLINE_HELP = "Feed row-end (image_newline) tokens (--no-newline: none)."
+# ``--format`` of every command that prints results.
+OutputFormat = Enum("OutputFormat", {name: name for name in ("table", "json", "csv")}, type=str)
+_FORMAT_HELP = "How results print: table, json or csv."
 _BANDS_HELP = "Bands shown as RGB, 1-based as in GDAL, e.g. 4,3,2 (default: from the file)."
 _DEVICE_HELP = "Torch device, e.g. cuda:1; auto: CUDA, then MPS, then the CPU."
 _DTYPE_HELP = "float32, bfloat16 or float16; auto: the checkpoint's on a GPU, float32 on CPU."
@@ -143,14 +146,17 @@ def ask(
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
-    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    newline: bool = typer.Option(True, "--newline/--no-newline", help=_NEWLINE_HELP),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, help="Generation budget."),
     dtype: str = typer.Option(DEFAULT_DTYPE, help=_DTYPE_HELP),
     device: str = typer.Option(DEFAULT_DEVICE, help=_DEVICE_HELP),
     attn_implementation: str | None = typer.Option(None, help=_ATTN_HELP),
     device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     overlay: Path | None = typer.Option(None, help="Write a PNG of attention + selected tiles."),
-    json_out: bool = typer.Option(False, "--json", help="Print the trace as JSON."),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.table, "--format", help=f"{_FORMAT_HELP} (csv: the per-level trace)."
+    ),
+    json_alias: bool = typer.Option(False, "--json", hidden=True),
     geojson: Path | None = typer.Option(
         None, help="Write the tiles and retained tokens as GeoJSON in the image's CRS."
     ),
@@ -165,7 +171,8 @@ def ask(
     from rich.console import Console
 
     from lrsvqa.app.inference import ask as run_ask
-    from lrsvqa.app.inference import load_model, trace_geojson, trace_table
+    from lrsvqa.app.inference import load_model, trace_geojson, trace_rows, trace_table
+    from lrsvqa.bench.reports import rows_to_csv
     from lrsvqa.strategies.c2f import CoarseToFineConfig
 
     console = Console()
@@ -182,7 +189,7 @@ def ask(
         device_map=device_map,
         hr_pool=hr_pool,
         pool_mode=_pool_mode(hr_pool_mode),
-        newline=False if no_newline else None,
+        newline=None if newline else False,
     )
     result, reader = run_ask(
         loaded,
@@ -194,8 +201,11 @@ def ask(
         bands=_int_list(bands),
     )
     image_info = reader.image.describe()
-    if json_out:
+    shown = OutputFormat.json if json_alias else output_format
+    if shown is OutputFormat.json:
         print(json.dumps({"answer": result.answer, **result.trace_dict(), "image": image_info}))
+    elif shown is OutputFormat.csv:
+        print(rows_to_csv(*trace_rows(result)), end="")
     else:
         console.print(f"[bold]Q:[/bold] {question}\n[bold]A:[/bold] {result.answer}")
         console.print(trace_table(result))
@@ -217,21 +227,44 @@ def ask(
             reader.thumbnail(),
             reader.geometry,
             result.coarse_scores,
-            result.selected_boxes,
+            [(level.level, level.tiles_encoded) for level in result.levels],
             title=f"{question}\n{result.answer}",
         )
         console.print(f"overlay written to {overlay}")
 
 
-def _key_values(pairs: list[str], param_hint: str) -> dict[str, str]:
-    """Parse ``key=value`` pairs; the registry converts each value by its option's type."""
+def _key_values(items: list[str], param_hint: str) -> dict[str, str]:
+    """Parse ``key=value`` pairs, comma-separated (``alpha=0.25,max_tiles=40``) or repeated.
+
+    A piece without ``=`` continues the value before it, so list values such as
+    ``rfm_layers=1,5,11,14`` need no quoting; the registry converts each value by its
+    option's type.
+    """
     options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint=param_hint)
-        options[key.strip()] = value
+    for item in items:
+        key = None
+        for piece in item.split(","):
+            name, sep, value = piece.partition("=")
+            if sep and name.strip():
+                key = name.strip()
+                options[key] = value
+            elif key is not None:
+                options[key] += "," + piece
+            else:
+                raise typer.BadParameter(f"expected key=value, got {item!r}", param_hint=param_hint)
     return options
+
+
+def _names(items: list[str]) -> list[str]:
+    """Comma-separated names, also from a repeated option: ``["A,B", "C"]`` -> A, B, C."""
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+def _aliased(value: Any, alias: Any, old: str, new: str) -> Any:
+    """The value of an option or of its hidden old spelling; refuses both at once."""
+    if alias is not None and value is not None:
+        raise typer.BadParameter(f"{old} is the old spelling of {new}; give only {new}")
+    return value if alias is None else alias
 
 
 @app.command("eval")
@@ -242,12 +275,13 @@ def eval_command(
     questions: Path | None = typer.Option(
         None, help="Question file (default: LRS_VQA_merged.jsonl / MME_RealWorld_RS.json in it)."
     ),
-    output: Path | None = typer.Option(
+    out: Path | None = typer.Option(
         None,
-        "--output",
         "-o",
+        "--out",
         help="Answers file (default: outputs/BENCH-MODEL-STRATEGY-OPTIONSHASH.jsonl).",
     ),
+    output_alias: Path | None = typer.Option(None, "--output", hidden=True),
     model: str | None = typer.Option(None, help="Model, passed to the strategy as model_path."),
     rfm: str | None = typer.Option(
         None, help="RFM folder or hub id (c2f strategies), as rfm_path."
@@ -260,14 +294,14 @@ def eval_command(
     device_map: str | None = typer.Option(None, help=_DEVICE_MAP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
-    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    newline: bool = typer.Option(True, "--newline/--no-newline", help=_NEWLINE_HELP),
     bands: str | None = typer.Option(None, help=_BANDS_HELP),
     strategy_option: list[str] = typer.Option(
         [],
         "--strategy-option",
-        help="Strategy option key=value (see lrsvqa strategies), repeatable.",
+        help="Strategy options key=value,key=value (see lrsvqa strategies).",
     ),
-    subset: list[str] = typer.Option([], help="Only this subset, e.g. FAIR (repeatable)."),
+    subset: list[str] = typer.Option([], help="Only these subsets, comma-separated, e.g. FAIR."),
     prompt: str = typer.Option(
         "official", help="mme-rs prompt: official, paper (no 'The best answer is:') or a template."
     ),
@@ -308,7 +342,7 @@ def eval_command(
     options |= {"device": device, "dtype": dtype, "device_map": device_map}
     options |= {"attn_implementation": attn_implementation}
     options |= {"hr_pool": hr_pool, "hr_pool_mode": _pool_mode(hr_pool_mode)}
-    options |= {"newline": False if no_newline else None}
+    options |= {"newline": None if newline else False}
     # As --strategy-option bands=4,3,2 would give it, so both name the same output.
     options |= {"bands": ",".join(map(str, _int_list(bands) or [])) or None}
     options = {key: value for key, value in options.items() if value is not None}
@@ -323,10 +357,11 @@ def eval_command(
         bench=bench,
         questions=questions or data_root / BENCHMARKS[bench],
         data_root=data_root,
-        output=output or default_output(bench, strategy, options),
+        output=_aliased(out, output_alias, "--output", "--out")
+        or default_output(bench, strategy, options),
         strategy=strategy,
         strategy_options=options,
-        subsets=subset or None,
+        subsets=_names(subset) or None,
         prompt=prompt,
         limit=limit,
         rank=rank,
@@ -358,7 +393,7 @@ def eval_command(
 
 @app.command()
 def score(
-    answers: Path = typer.Argument(..., help="Answers file."),
+    answers: list[Path] = typer.Argument(..., help="Answers files; several print side by side."),
     questions: Path | None = typer.Option(
         None, help="Question file to join by question_id (.jsonl LRS-VQA, .json MME-RealWorld)."
     ),
@@ -366,31 +401,80 @@ def score(
         DEFAULT_SCORING_RULE,
         help="Open-ended rule of the per-category rows (OA/AA under both).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
-    markdown: Path | None = typer.Option(None, help="Also write the report as Markdown."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help=_FORMAT_HELP),
+    out: Path | None = typer.Option(
+        None, "-o", "--out", help="Also write the report: .json, .md or .csv by its suffix."
+    ),
+    json_alias: Path | None = typer.Option(None, "--json", hidden=True),
+    markdown_alias: Path | None = typer.Option(None, "--markdown", hidden=True),
 ) -> None:
-    """Score an answers file from lrsvqa or any tool writing question_id + text.
+    """Score answers of lrsvqa, lmms-eval, VLMEvalKit or any tool writing question_id + text.
 
     JSON Lines (or a JSON list) with question_id and the prediction in answer / text /
-    output; ground_truth and category in the records or from --questions. Answers to
-    questions not in --questions, and repeated ids (first answer scored), are reported.
+    output; ground_truth and category in the records or from --questions. lmms-eval
+    --log_samples files (doc_id, target, resps) and VLMEvalKit prediction tables
+    (.xlsx, .tsv, .csv: index, answer, prediction) are told apart by content and suffix.
+    Answers to questions not in --questions, and repeated ids (first answer scored),
+    are reported. Several files print one table, a column per file (its pooled subsets).
 
-    Example: lrsvqa score outputs/lrs-vqa-c2f.jsonl --markdown report.md
+    Example: lrsvqa score outputs/c2f.jsonl outputs/fastv.jsonl --format csv -o runs.csv
     """
-    from lrsvqa.bench.answers import read_any_answers
+    import json
+
+    from rich.console import Console
+
     from lrsvqa.bench.datasets import load_benchmark
-    from lrsvqa.bench.reports import print_report, score_answers, write_report
+    from lrsvqa.bench.foreign import align_doc_ids, read_scorable
+    from lrsvqa.bench.reports import (
+        comparison_rows,
+        print_report,
+        print_rows,
+        report_rows,
+        rows_to_csv,
+        rows_to_markdown,
+        score_answers,
+        write_report,
+    )
     from lrsvqa.bench.run_record import read_run_record
 
-    records = read_any_answers(answers)
+    if out is not None and out.suffix.lower() not in (".json", ".md", ".csv"):
+        raise typer.BadParameter("name a .json, .md or .csv file", param_hint="--out")
     items = None
     if questions is not None:
         bench = "mme-rs" if questions.suffix.lower() == ".json" else "lrs-vqa"
         items = load_benchmark(bench, questions)
-    run = read_run_record(answers)
-    report = score_answers(records, items, rule=rule.value, run=run, source=answers)
-    print_report(report)
-    write_report(report, json_path, markdown)
+    names = [path.stem for path in answers]
+    if len(set(names)) < len(names):
+        names = [str(path) for path in answers]
+    reports = {}
+    for name, path in zip(names, answers, strict=True):
+        records = read_scorable(path)
+        if items is not None:
+            records = align_doc_ids(records, items, path)
+        run = read_run_record(path)
+        reports[name] = score_answers(records, items, rule=rule.value, run=run, source=path)
+    single = next(iter(reports.values())) if len(reports) == 1 else None
+    header, rows = report_rows(single) if single else comparison_rows(reports)
+    as_json = single.to_dict() if single else {n: r.to_dict() for n, r in reports.items()}
+    if output_format is OutputFormat.json:
+        typer.echo(json.dumps(as_json, indent=2))
+    elif output_format is OutputFormat.csv:
+        typer.echo(rows_to_csv(header, rows), nl=False)
+    elif single:
+        print_report(single)
+    else:
+        print_rows(header, rows, title="Accuracy (%), one column per answers file")
+        Console().print(f"categories scored with the {rule.value} rule")
+    texts = {
+        ".json": lambda: json.dumps(as_json, indent=2) + "\n",
+        ".csv": lambda: rows_to_csv(header, rows),
+        ".md": lambda: rows_to_markdown(header, rows),
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(texts[out.suffix.lower()](), encoding="utf-8")
+    if single and (json_alias or markdown_alias):
+        write_report(single, json_alias, markdown_alias)
 
 
 @app.command()
@@ -417,8 +501,9 @@ def make_qa(
     images: Path = typer.Option(
         ..., exists=True, file_okay=False, help="Image folder; record paths are relative to it."
     ),
-    label_format: str = typer.Option(..., "--format", help="dota, fair1m, json or geojson."),
-    out: Path = typer.Option(..., help="LRS-VQA JSONL file to write."),
+    label_format: str | None = typer.Option(None, help="dota, fair1m, json or geojson."),
+    format_alias: str | None = typer.Option(None, "--format", hidden=True),
+    out: Path = typer.Option(..., "-o", "--out", help="LRS-VQA JSONL file to write."),
     llava: Path | None = typer.Option(None, help="Also write LLaVA SFT conversations (JSON)."),
     categories: str | None = typer.Option(
         None,
@@ -435,7 +520,7 @@ def make_qa(
 ) -> None:
     """Template questions (and LLaVA conversations) from detection labels.
 
-    Example: lrsvqa make-qa --labels DOTA/labelTxt --images DOTA/images --format dota
+    Example: lrsvqa make-qa --labels DOTA/labelTxt --images DOTA/images --label-format dota
     --out qa.jsonl --llava qa_llava.json
     """
     import json
@@ -449,8 +534,11 @@ def make_qa(
     from lrsvqa.labels import LABEL_SUFFIXES, iter_label_files
     from lrsvqa.types import write_lrsvqa_jsonl
 
+    label_format = _aliased(label_format, format_alias, "--format", "--label-format")
     if label_format not in LABEL_SUFFIXES:
-        raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
+        raise typer.BadParameter(
+            f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--label-format"
+        )
     chosen = [c.strip() for c in categories.split(",")] if categories else TEMPLATE_CATEGORIES
     records = generate_from_labels(
         iter_label_files(labels, label_format),  # type: ignore[arg-type]
@@ -481,15 +569,18 @@ def _float_list(text: str) -> list[float]:
 def build_bench(
     images: Path = typer.Option(..., exists=True, file_okay=False, help="Folder of large images."),
     labels: Path = typer.Option(..., exists=True, help="Label file or folder."),
-    out: Path = typer.Option(..., help="Output folder; rerunning resumes from its files."),
+    out: Path = typer.Option(
+        ..., "-o", "--out", help="Output folder; rerunning resumes from its files."
+    ),
     api_base: str | None = typer.Option(None, help="OpenAI-compatible API base URL."),
     model: str | None = typer.Option(None, help="Vision model name on that API."),
     api_key: str | None = typer.Option(
         None, envvar="OPENAI_API_KEY", show_default=False, help="API key (or OPENAI_API_KEY)."
     ),
     label_format: str | None = typer.Option(
-        None, "--format", help="dota, fair1m, json or geojson (default: from file suffix)."
+        None, help="dota, fair1m, json or geojson (default: from file suffix)."
     ),
+    format_alias: str | None = typer.Option(None, "--format", hidden=True),
     stages: str = typer.Option(
         "targets,crops,qa,quality,export", help="Comma-separated stages to run."
     ),
@@ -517,8 +608,11 @@ def build_bench(
     from lrsvqa.bench.construct.pipeline import BuildConfig, build_benchmark, report_lines
     from lrsvqa.labels import LABEL_SUFFIXES
 
+    label_format = _aliased(label_format, format_alias, "--format", "--label-format")
     if label_format is not None and label_format not in LABEL_SUFFIXES:
-        raise typer.BadParameter(f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--format")
+        raise typer.BadParameter(
+            f"choose from {', '.join(LABEL_SUFFIXES)}", param_hint="--label-format"
+        )
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
     api = None
     if api_base and model:
@@ -573,7 +667,9 @@ def pyramid(
     ),
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     bands: str | None = typer.Option(None, help=_BANDS_HELP),
-    no_pixel_limit: bool = typer.Option(False, help="Disable the decompression-bomb guard."),
+    pixel_limit: bool = typer.Option(
+        True, "--pixel-limit/--no-pixel-limit", help="The decompression-bomb guard."
+    ),
 ) -> None:
     """Print an image's Dynamic Image Pyramid: level sizes, tile grids, scales.
 
@@ -592,7 +688,7 @@ def pyramid(
         min_short_side=min_short_side,
         dip_rule=dip_rule.value,
         bands=_int_list(bands),
-        max_pixels=None if no_pixel_limit else DEFAULT_MAX_PIXELS,
+        max_pixels=DEFAULT_MAX_PIXELS if pixel_limit else None,
     )
     with reader:
         console.print(pyramid_table(reader))
@@ -604,7 +700,10 @@ def pyramid(
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("outputs/demo"), help="Folder for the scene and figures."),
+    out: Path = typer.Option(
+        Path("outputs/demo"), "-o", "--out", help="Folder for the scene and figures."
+    ),
+    out_dir_alias: Path | None = typer.Option(None, "--out-dir", hidden=True),
     side: int | None = typer.Option(
         None, min=2048, max=32768, help="Scene side in pixels [default: 6144]."
     ),
@@ -620,6 +719,7 @@ def demo(
 
     Example: lrsvqa demo --side 16384 --questions 5
     """
+    out_dir = out_dir_alias or out
     if pyramid_only:
         from lrsvqa.app.imagery_demo import run_pyramid_demo
 
@@ -658,7 +758,7 @@ def build_default(
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", help="World folder; scenes go to OUT/SPLIT/."),
+    out: Path = typer.Option(..., "-o", "--out", help="World folder; scenes go to OUT/SPLIT/."),
     scenes: int = typer.Option(..., "--scenes", min=1, help="Number of scenes."),
     min_side: int = typer.Option(8192, help="Smallest side in pixels (>= 2048)."),
     max_side: int = typer.Option(32768, help="Largest side in pixels."),
@@ -690,7 +790,7 @@ def synth(
 def distill(
     model: str = typer.Option(..., "--model", help="LLaVA checkpoint folder or hub id (frozen)."),
     data: Path = typer.Option(..., exists=True, dir_okay=False, help="LLaVA-format JSON."),
-    out: Path = typer.Option(..., "--out", help="Output folder: RFM, log, checkpoints."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: RFM, log, checkpoints."),
     image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
     rfm_layers: str | None = typer.Option(None, help="LLM layers the RFM starts from: 1,5,11,14."),
     pairs: str | None = typer.Option(
@@ -718,7 +818,7 @@ def distill(
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
-    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    newline: bool = typer.Option(True, "--newline/--no-newline", help=_NEWLINE_HELP),
     save_every: int = typer.Option(500, min=0, help="Steps between checkpoints (0: none)."),
     log_every: int = typer.Option(10, min=1, help="Steps per log.jsonl line."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint."),
@@ -769,7 +869,7 @@ def distill(
         dip_rule=dip_rule.value,
         hr_pool=hr_pool,
         pool_mode=_pool_mode(hr_pool_mode),
-        newline=False if no_newline else None,
+        newline=None if newline else False,
         seed=seed,
         num_workers=num_workers,
         log_every=log_every,
@@ -787,7 +887,7 @@ def distill(
 def sft(
     model: str = typer.Option(..., help="LLaVA checkpoint folder (or hub id) to fine-tune."),
     data: Path = typer.Option(..., exists=True, dir_okay=False, help="LLaVA-format JSON."),
-    out: Path = typer.Option(..., "--out", help="Output folder: model, log, checkpoints."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder: model, log, checkpoints."),
     image_root: Path | None = typer.Option(None, help="Image folder (default: next to --data)."),
     steps: int | None = typer.Option(None, min=1, help="Optimizer steps [SFTConfig: 1000]."),
     stop_after: int | None = typer.Option(
@@ -807,7 +907,7 @@ def sft(
     dip_rule: DipRule = typer.Option(DEFAULT_DIP, help=_DIP_HELP),
     hr_pool: int | None = typer.Option(None, min=1, help=_HR_POOL_HELP),
     hr_pool_mode: str | None = typer.Option(None, help=_POOL_MODE_HELP),
-    no_newline: bool = typer.Option(False, help=_NO_NEWLINE_HELP),
+    newline: bool = typer.Option(True, "--newline/--no-newline", help=_NEWLINE_HELP),
     seed: int = typer.Option(0, help="Seed of data order and randomness."),
 ) -> None:
     """Fine-tune a LLaVA model on LLaVA-format conversations (the loop distill uses).
@@ -841,7 +941,7 @@ def sft(
         dip_rule=dip_rule.value,
         hr_pool=hr_pool,
         pool_mode=_pool_mode(hr_pool_mode),
-        newline=False if no_newline else None,
+        newline=None if newline else False,
         seed=seed,
         stop_after=stop_after,
         resume=resume,
@@ -882,8 +982,10 @@ def flops(
     hr_pool: int | None = typer.Option(
         None, min=1, help="Pooling stride of high-res tiles (2 = the paper's; default: config)."
     ),
-    no_newline: bool = typer.Option(False, help="Count no row-end (image_newline) tokens."),
-    output_format: str = typer.Option("table", "--format", help="table or json."),
+    newline: bool = typer.Option(
+        True, "--newline/--no-newline", help="Count row-end tokens (--no-newline: none)."
+    ),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help=_FORMAT_HELP),
 ) -> None:
     """Theoretical LLM TFLOPs of the vision tokens per strategy (FastV/PDrop formula).
 
@@ -903,8 +1005,6 @@ def flops(
     from lrsvqa.strategies.counters import c2f_tiles_from_trace
     from lrsvqa.strategies.registry import flops_table, strategy_entry
 
-    if output_format not in ("table", "json"):
-        raise typer.BadParameter("choose table or json", param_hint="--format")
     names = [name.strip() for name in strategies.split(",") if name.strip()]
     shortcuts = {"alpha": alpha, "max_tiles": max_tiles, "grid_tiles": grid_tiles}
     shortcuts |= {"min_short_side": min_short_side, "dip_rule": dip_rule and dip_rule.value}
@@ -926,7 +1026,7 @@ def flops(
         dims = dataclasses.replace(
             dims,
             hr_pool=dims.hr_pool if hr_pool is None else hr_pool,
-            image_newline=dims.image_newline and not no_newline,
+            image_newline=dims.image_newline and newline,
         )
         per_level = _float_tuple(c2f_tiles) if c2f_tiles else None
         if trace is not None and per_level is None:
@@ -934,8 +1034,15 @@ def flops(
         rows = flops_table(dims, height, width, names, per_strategy, per_level)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
+        return
+    if output_format is OutputFormat.csv:
+        from lrsvqa.bench.reports import rows_to_csv
+
+        columns = ["strategy", "vision_tokens_encoded", "vision_tokens_to_llm", "tflops"]
+        table_rows = [[str(row[c]) for c in columns] for row in rows]
+        typer.echo(rows_to_csv(columns, table_rows), nl=False)
         return
     table = Table(title=f"theoretical FLOPs, {width}x{height} px")
     for column in ("strategy", "vision tokens encoded", "vision tokens to LLM", "TFLOPs"):
@@ -959,7 +1066,7 @@ def flops(
 
 @app.command("strategies")
 def strategies_command(
-    output_format: str = typer.Option("table", "--format", help="table or json."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", help=_FORMAT_HELP),
 ) -> None:
     """List the strategies with their options (type, default, help).
 
@@ -976,11 +1083,19 @@ def strategies_command(
 
     from lrsvqa.strategies.registry import describe_strategies
 
-    if output_format not in ("table", "json"):
-        raise typer.BadParameter("choose table or json", param_hint="--format")
     rows = describe_strategies()
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         typer.echo(json.dumps(rows, indent=2))
+        return
+    if output_format is OutputFormat.csv:
+        from lrsvqa.bench.reports import rows_to_csv
+
+        cells = [
+            [row["name"], opt["name"], opt["type"], _shown(opt["default"]), opt["help"]]
+            for row in rows
+            for opt in row["options"] or [{"name": "", "type": "", "default": "", "help": ""}]
+        ]
+        typer.echo(rows_to_csv(["strategy", "option", "type", "default", "help"], cells), nl=False)
         return
     table = Table(title="strategies (lrsvqa eval --strategy NAME --strategy-option key=value)")
     for column in ("strategy", "option", "type", "default", "help"):

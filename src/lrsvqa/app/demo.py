@@ -99,7 +99,7 @@ def run_demo(
             reader.thumbnail(),
             reader.geometry,
             result.coarse_scores,
-            result.selected_boxes,
+            [(level.level, level.tiles_encoded) for level in result.levels],
             title=f"{question}\nanswer: {result.answer}",
             target_boxes=target,
         )

@@ -57,6 +57,8 @@ def load_model(
     """
     from lrsvqa.strategies.builtin import shared_adapter, shared_rfm
 
+    if rfm is not None:
+        RegionFocusModule.check_source(rfm)  # a mistyped --rfm fails before the model loads
     adapter = shared_adapter(
         model,
         dtype,
@@ -105,7 +107,8 @@ def trace_geojson(
     level's RFM score) and per retained token (``kind="token"``, its score), with the
     level (1 = coarsest) and grid position. Coordinates are map coordinates through
     the image's geotransform, or pixel ``(column, row)`` where it has none; an EPSG
-    CRS is named in the (pre-RFC 7946) ``crs`` member that QGIS and GDAL read.
+    CRS is named in the (pre-RFC 7946) ``crs`` member that QGIS and GDAL read, and a CRS
+    without an EPSG code is given as WKT in a ``crs_wkt`` member.
     """
     features = []
     for trace in result.levels:
@@ -145,6 +148,8 @@ def trace_geojson(
     if georef.epsg is not None:
         name = f"urn:ogc:def:crs:EPSG::{georef.epsg}"
         collection["crs"] = {"type": "name", "properties": {"name": name}}
+    elif georef.crs_wkt is not None:
+        collection["crs_wkt"] = georef.crs_wkt  # a CRS without an EPSG code, as GDAL wrote it
     collection["coordinates"] = "map" if georef.geotransform is not None else "pixel"
     return collection
 
@@ -157,10 +162,9 @@ def _feature(ring: list[list[float]], properties: dict[str, Any]) -> dict[str, A
     }
 
 
-def trace_table(result: CoarseToFineResult) -> Table:
-    """The per-level trace as a rich table."""
-    table = Table(title="coarse-to-fine trace")
-    for column in (
+def trace_rows(result: CoarseToFineResult) -> tuple[list[str], list[list[str]]]:
+    """The per-level trace as a header and rows (for the table and CSV)."""
+    header = [
         "level",
         "downsample",
         "grid",
@@ -168,10 +172,9 @@ def trace_table(result: CoarseToFineResult) -> Table:
         "tokens encoded",
         "tokens kept",
         "decision",
-    ):
-        table.add_column(column)
-    for level in result.levels:
-        table.add_row(
+    ]
+    rows = [
+        [
             str(level.level),
             f"1/{level.downsample:.4g}",
             f"{level.grid[0]}x{level.grid[1]}",
@@ -179,7 +182,18 @@ def trace_table(result: CoarseToFineResult) -> Table:
             str(level.tokens_encoded),
             str(level.tokens_kept),
             level.decision,
-        )
+        ]
+        for level in result.levels
+    ]
+    return header, rows
+
+
+def trace_table(result: CoarseToFineResult) -> Table:
+    """The per-level trace as a rich table."""
+    header, rows = trace_rows(result)
+    table = Table(*header, title="coarse-to-fine trace")
+    for row in rows:
+        table.add_row(*row)
     table.caption = (
         f"vision tokens encoded {result.vision_tokens_encoded}, "
         f"to LLM {result.vision_tokens_to_llm} (thumbnail {result.thumbnail_tokens} + "

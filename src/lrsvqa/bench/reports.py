@@ -22,6 +22,8 @@ The same :class:`Report` renders as a rich terminal table, JSON and Markdown.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -303,24 +305,61 @@ def _mean_cost(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     return {name: sums[name] / counts[name] for name in COST_FIELDS if name in sums}
 
 
-def _rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Table header and rows: categories, OA/AA under each rule, items, errors, per group."""
-    names = list(report.groups)
-    categories = sorted({c for g in report.groups.values() for c in g.categories})
+def _group_rows(groups: Mapping[str, GroupReport]) -> list[list[str]]:
+    """Rows of categories, OA/AA under each rule, items and errors, a column per group."""
+    categories = sorted({c for g in groups.values() for c in g.categories})
     rows = []
     for category in categories:
-        cells = []
-        for name in names:
-            tally = report.groups[name].categories.get(category)
-            cells.append(f"{100 * tally.accuracy:.2f}" if tally else "-")
-        rows.append([category, *cells])
+        tallies = [g.categories.get(category) for g in groups.values()]
+        rows.append([category, *(f"{100 * t.accuracy:.2f}" if t else "-" for t in tallies)])
     for rule in RULES:
-        scores = [report.groups[n].accuracies(rule) for n in names]
+        scores = [g.accuracies(rule) for g in groups.values()]
         rows.append([f"OA ({rule} rule)", *(f"{100 * oa:.2f}" for oa, _ in scores)])
         rows.append([f"AA ({rule} rule)", *(f"{100 * aa:.2f}" for _, aa in scores)])
-    rows.append(["items", *(str(report.groups[n].items) for n in names)])
-    rows.append(["errors", *(str(report.groups[n].errors) for n in names)])
-    return ["accuracy (%)", *names], rows
+    rows.append(["items", *(str(g.items) for g in groups.values())])
+    rows.append(["errors", *(str(g.errors) for g in groups.values())])
+    return rows
+
+
+def report_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Table header and rows of one report: a column per subset (then ``all``)."""
+    return ["accuracy (%)", *report.groups], _group_rows(report.groups)
+
+
+def comparison_rows(reports: Mapping[str, Report]) -> tuple[list[str], list[list[str]]]:
+    """One column per named report (its pooled ``all`` group, or its only subset).
+
+    The same rows as a single report's table: categories under each report's rule,
+    OA and AA under every rule, items and errors.
+    """
+    pooled = {name: r.groups.get(ALL) or _only_group(r) for name, r in reports.items()}
+    return ["accuracy (%)", *reports], _group_rows(pooled)
+
+
+def _only_group(report: Report) -> GroupReport:
+    """The one subset of a report without an ``all`` group (an empty one if none)."""
+    return next(iter(report.groups.values()), GroupReport())
+
+
+def rows_to_csv(header: list[str], rows: list[list[str]]) -> str:
+    """Table rows as CSV text (header first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def print_rows(
+    header: list[str], rows: list[list[str]], title: str, console: Console | None = None
+) -> None:
+    """Print table rows as a rich table, numbers right-aligned."""
+    table = Table(*header, title=title)
+    for column in table.columns[1:]:
+        column.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    (console or Console()).print(table)
 
 
 def _footer(report: Report) -> list[str]:
@@ -355,28 +394,25 @@ def _examples(ids: list[str], shown: int = 5) -> str:
     return ", ".join(ids[:shown]) + (", ..." if len(ids) > shown else "")
 
 
-def report_to_markdown(report: Report) -> str:
-    """The report as a Markdown table plus notes."""
-    header, rows = _rows(report)
+def rows_to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """Table rows as a Markdown table, numbers right-aligned."""
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines.append("")
-    lines += [f"- {line}" for line in _footer(report)]
     return "\n".join(lines) + "\n"
+
+
+def report_to_markdown(report: Report) -> str:
+    """The report as a Markdown table plus notes."""
+    notes = "\n".join(f"- {line}" for line in _footer(report))
+    return rows_to_markdown(*report_rows(report)) + "\n" + notes + "\n"
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
     """Print the report as a rich table on the terminal."""
     console = console or Console()
-    header, rows = _rows(report)
-    table = Table(*header, title="Accuracy")
-    for column in table.columns[1:]:
-        column.justify = "right"
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    print_rows(*report_rows(report), title="Accuracy", console=console)
     for line in _footer(report):
         console.print(line)

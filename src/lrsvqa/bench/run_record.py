@@ -193,7 +193,7 @@ def check_resume(answers: Path, record: Mapping[str, Any], *, has_answers: bool)
     """
     if not has_answers:
         return
-    how = f"give --output NEW.jsonl for a new file, or delete {answers} and its {RECORD_SUFFIX}"
+    how = f"give --out NEW.jsonl for a new file, or delete {answers} and its {RECORD_SUFFIX}"
     old = read_run_record(answers)
     if old is None:
         raise RunMismatchError(

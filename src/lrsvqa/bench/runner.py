@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -240,36 +238,16 @@ def shard_items(items: Sequence[BenchItem], rank: int, world_size: int) -> list[
     return list(items[start:stop])
 
 
-def launcher_world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` set by ``torchrun`` / ``accelerate launch``."""
-    environ = os.environ
-    return (
-        int(environ.get("RANK", "0")),
-        int(environ.get("WORLD_SIZE", "1")),
-        int(environ.get("LOCAL_RANK", "0")),
-    )
+def _launch_state() -> Any:
+    """The processes ``torchrun`` / ``accelerate launch`` started, as accelerate sees them.
 
-
-@contextmanager
-def _process_group(active: bool) -> Iterator[Callable[[], None]]:
-    """Yield a barrier across the launched ranks (a no-op when not launched).
-
-    Gloo is used whatever the device: the group only synchronises the end of the
-    run, and gloo needs no GPU binding.
+    Launched ranks join one gloo group (``cpu=True``) whatever their device: the group
+    only splits the items and meets at the end, and gloo needs no GPU binding. A
+    process started alone gets a single-process state and no group.
     """
-    if not active:
-        yield lambda: None
-        return
-    import torch.distributed as dist
+    from accelerate import PartialState
 
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group(backend="gloo", timeout=BARRIER_TIMEOUT)
-    try:
-        yield dist.barrier
-    finally:
-        if owned:
-            dist.destroy_process_group()
+    return PartialState(cpu=True, timeout=BARRIER_TIMEOUT)
 
 
 @dataclass
@@ -327,12 +305,20 @@ class EvalOutcome:
     report: Report | None
 
 
+def _gather_shards(output: Path) -> list[Path]:
+    """The answer files of all launched ranks, in rank order (accelerate's gather)."""
+    from accelerate.utils import gather_object
+
+    return [Path(path) for path in gather_object([str(output)])]
+
+
 def evaluate(config: EvalConfig) -> EvalOutcome:
     """Run a benchmark with a strategy, merge shards and score (see :class:`EvalConfig`).
 
-    Sharding: a process started by ``torchrun`` or ``accelerate launch`` (``RANK``
-    and ``WORLD_SIZE`` set) answers its contiguous shard into its own file; all ranks
-    meet at a barrier, then rank 0 merges the shards into ``output`` and scores.
+    Sharding: a process started by ``torchrun`` or ``accelerate launch`` answers its
+    contiguous shard (accelerate's ``split_between_processes``) into its own file; the
+    ranks gather their files' names (``gather_object``, so they also wait for each
+    other), then rank 0 merges the shards into ``output`` and scores.
     With explicit ``rank``/``world_size`` (e.g. separate jobs) each process writes its
     shard and ``lrsvqa merge`` combines them later. With ``device`` ``cuda`` (or ``auto``
     on a CUDA machine) a launched rank uses ``cuda:LOCAL_RANK``.
@@ -351,12 +337,14 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
     )
     if config.limit is not None:
         items = items[: config.limit]
+    state = None
     if config.world_size is not None:
         rank, world_size, local_rank = config.rank or 0, config.world_size, 0
-        launched = False
     else:
-        rank, world_size, local_rank = launcher_world()
-        launched = world_size > 1
+        state = _launch_state()
+        rank, world_size = state.process_index, state.num_processes
+        local_rank = state.local_process_index
+    launched = state is not None and world_size > 1
     scores_here = config.score and rank == 0 and (world_size == 1 or launched)
     if scores_here and any(not item.is_multiple_choice for item in items):
         from lrsvqa.bench.wordnet import wordnet
@@ -377,11 +365,16 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
         rule=config.rule,
     )
     check_resume(output, record, has_answers=bool(load_answers(Path(output))[0]))
-    with _process_group(launched) as barrier:
+    try:
         strategy = build_strategy(config.strategy, **options)
+        if launched:
+            with state.split_between_processes(items) as shard:
+                mine = list(shard)
+        else:
+            mine = shard_items(items, rank, world_size)
         run = run_items(
             strategy,
-            shard_items(items, rank, world_size),
+            mine,
             config.data_root,
             output,
             progress=config.progress,
@@ -389,11 +382,14 @@ def evaluate(config: EvalConfig) -> EvalOutcome:
             label=f"rank {rank}/{world_size}" if sharded else "",
             record=record,
         )
-        barrier()
+        # Every rank's file, in rank order; also where the ranks wait for each other.
+        shards = _gather_shards(output) if launched else [output]
+    finally:
+        if launched:
+            state.destroy_process_group()
     if sharded and not (launched and rank == 0):
         return EvalOutcome(run=run, answers=None, report=None)
     if sharded:
-        shards = [shard_path(config.output, r, world_size) for r in range(world_size)]
         merge_answer_files(shards, config.output)
     report = None
     if config.score:

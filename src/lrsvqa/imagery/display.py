@@ -108,6 +108,7 @@ def save_grid_overlay(
         axes.set_title(title, fontsize=9)
         axes.set_axis_off()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # One preview pixel per figure pixel: 4 inches at 128 dpi is 512 px.
     figure.savefig(path, dpi=preview_side / _PANEL_INCHES)
     return path

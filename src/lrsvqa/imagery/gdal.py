@@ -147,6 +147,19 @@ class GdalSource:
             self._datasets = []
 
 
+def crs_wkt(location: str) -> str | None:
+    """WKT of a raster's CRS as GDAL reads it (header only), or None if it has none."""
+    import rasterio
+
+    try:
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(location) as dataset:
+                return dataset.crs.to_wkt() if dataset.crs else None
+    except rasterio.errors.RasterioError:
+        return None
+
+
 def _crs_name(crs: Any) -> str | None:
     """The CRS's own name from its WKT (``PROJCRS["WGS 84 / UTM zone 33N", ...``), or None."""
     if crs is None:

@@ -30,6 +30,7 @@ outputs larger than :data:`MAX_REGION_PIXELS`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -85,6 +86,7 @@ _SLAB_BUDGET_PIXELS = 2**22
 # Low-resolution view on which stretch percentiles are measured (long side, px).
 _STATS_SIDE = 1024
 
+_GEOKEY_DIRECTORY = 34735  # GeoTIFF's GeoKeyDirectoryTag
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -210,6 +212,7 @@ class _TiffSource:
     """Windowed TIFF access: zarr over tifffile, or positioned reads for raw data."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._tif = tifffile.TiffFile(path)
         self._fd: int | None = None
         try:
@@ -295,8 +298,17 @@ class _TiffSource:
         return self._chunk_rows[level]
 
     def georeference(self) -> GeoReference:
-        """GeoTIFF and GDAL tags of the first page, already parsed by tifffile."""
-        return tiff_georeference(self._tif, self.num_bands)
+        """GeoTIFF and GDAL tags of the first page, already parsed by tifffile.
+
+        A CRS without an EPSG code (user-defined GeoKeys) is given as WKT, which only
+        GDAL can write from GeoKeys: when it is installed, it reads the header for it.
+        """
+        georef = tiff_georeference(self._tif, self.num_bands)
+        if georef.epsg is None and _GEOKEY_DIRECTORY in self._tif.pages.first.tags:
+            wkt = gdal.crs_wkt(self._path) if gdal.available() else None
+            if wkt:
+                georef = dataclasses.replace(georef, crs_wkt=wkt)
+        return georef
 
     def read(self, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Decode only the tiles or strips under the window."""

@@ -1,14 +1,16 @@
 """The adapter interface of :class:`LlavaAdapter` over stock Qwen-VL models.
 
 ``QwenVLAdapter`` gives coarse-to-fine inference, the RFM and distillation the same
-seams on ``Qwen2VLForConditionalGeneration`` and ``Qwen2_5_VLForConditionalGeneration``
-(public modules of unmodified ``transformers`` only):
+seams on ``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration`` and
+``Qwen3VLForConditionalGeneration`` (public modules of unmodified ``transformers`` only):
 
 * DIP tiles of ``tile_size`` px (default 448), a multiple of the vision tower's
   ``patch_size * spatial_merge_size`` (28): a 448 px tile becomes 32 x 32 patches merged
   into 16 x 16 LLM tokens, exactly as the model's own processor turns a 448 x 448 image;
 * the chat template split around ``<|image_pad|>``;
-* generation from ``inputs_embeds`` with explicit M-RoPE ``position_ids``.
+* generation from ``inputs_embeds`` with explicit M-RoPE ``position_ids``;
+* on Qwen3-VL, each vision token's deepstack features carried as extra columns of its
+  row and pruned with it (:mod:`lrsvqa.models.deepstack`).
 
 Positions that survive pruning (the design choice, see :meth:`QwenVLAdapter.position_ids`):
 the vision part of a sequence is made of *segments* (the thumbnail; the tokens of one
@@ -41,17 +43,20 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
     BatchFeature,
+    DynamicCache,
     PreTrainedModel,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
 from lrsvqa.errors import LrsvqaError, ModelLoadError
 from lrsvqa.models.adapter import PromptParts, VisionTokenOptions
 from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
+from lrsvqa.models.deepstack import language_model_inputs, widen
 from lrsvqa.models.layout import VisionSegment
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
-QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IMAGE_TOKEN = "<|image_pad|>"
 
 
@@ -150,6 +155,9 @@ class QwenVLAdapter:
     become ``tokens_per_side`` x ``tokens_per_side`` merged tokens; there are no row-end
     tokens and no extra pooling (the model's 2 x 2 patch merger is its pooling).
 
+    On Qwen3-VL, vision tokens and assembled embeddings are rows of ``token_width`` =
+    ``(1 + deepstack_layers) * hidden_size`` values (:mod:`lrsvqa.models.deepstack`).
+
     Args:
         model: A loaded ``Qwen2VLForConditionalGeneration`` (or Qwen2.5-VL).
         processor: Its processor, or a :class:`QwenVLProcessing`.
@@ -186,6 +194,7 @@ class QwenVLAdapter:
         self.encoder_tokens_per_side: int = self.tile_size // unit
         self.tokens_per_side: int = self.encoder_tokens_per_side
         self.options = VisionTokenOptions(hr_pool=1, newline=False)
+        self.deepstack_layers: int = len(getattr(vision, "deepstack_visual_indexes", None) or ())
 
     @classmethod
     def from_pretrained(
@@ -302,6 +311,11 @@ class QwenVLAdapter:
         return self.config.text_config.hidden_size
 
     @property
+    def token_width(self) -> int:
+        """Width of a vision token's row: the hidden size, times 1 + deepstack layers."""
+        return self.hidden_size * (1 + self.deepstack_layers)
+
+    @property
     def tokens_per_tile(self) -> int:
         """LLM tokens of one tile (merged)."""
         return self.tokens_per_side**2
@@ -342,18 +356,23 @@ class QwenVLAdapter:
             grids = grid_thw[start : start + batch_size]
             patches = pixel_values[start * rows : (start + grids.shape[0]) * rows]
             merged = self.model.model.get_image_features(patches, grids, return_dict=True)
-            outputs.extend(merged.pooler_output)
+            if self.deepstack_layers:
+                # Each token's row: the merged token, then its deepstack features.
+                views = zip(merged.pooler_output, *merged.deepstack_features, strict=True)
+                outputs.extend(torch.cat(view, dim=-1) for view in views)
+            else:
+                outputs.extend(merged.pooler_output)
         if not outputs:
             return torch.zeros(
-                0, self.thumbnail_tokens, self.hidden_size, dtype=self.dtype, device=self.device
+                0, self.thumbnail_tokens, self.token_width, dtype=self.dtype, device=self.device
             )
         return torch.stack(outputs)
 
     def encode_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
-        """Encode uint8 RGB views: (N, thumbnail_tokens, hidden), raster order per view."""
+        """Encode uint8 RGB views: (N, thumbnail_tokens, token_width), raster order per view."""
         if not len(tiles):
             return torch.zeros(
-                0, self.thumbnail_tokens, self.hidden_size, dtype=self.dtype, device=self.device
+                0, self.thumbnail_tokens, self.token_width, dtype=self.dtype, device=self.device
             )
         return self.encode_pixels(*self.pixel_values(tiles))
 
@@ -389,8 +408,49 @@ class QwenVLAdapter:
         return PromptParts(prefix.to(self.device), suffix.to(self.device))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Embed token ids (n,) into (n, hidden)."""
-        return self.embed_tokens(ids.to(self.device))
+        """Embed token ids (n,) into (n, token_width): zero deepstack columns for text."""
+        return widen(self.embed_tokens(ids.to(self.device)), self.token_width)
+
+    def language_model_inputs(self, inputs_embeds: torch.Tensor) -> dict[str, Any]:
+        """Keyword arguments of :attr:`language_model` for assembled (wide) embeddings."""
+        return language_model_inputs(inputs_embeds, self.hidden_size)
+
+    def causal_lm_outputs(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ):
+        """The causal LM's forward (loss, logits, hidden states) on assembled embeddings.
+
+        Without deepstack this is the model's own forward; with it, the language model is
+        called with the deepstack features and the model's own head and loss follow.
+        """
+        if not self.deepstack_layers:
+            return self.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                labels=labels,
+                use_cache=False,
+                output_hidden_states=output_hidden_states,
+            )
+        outputs = self.language_model(
+            **self.language_model_inputs(inputs_embeds),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = self.model.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
     def assemble(
         self, prompt: PromptParts, vision_tokens: torch.Tensor
@@ -436,10 +496,13 @@ class QwenVLAdapter:
 
         Without ``position_ids`` every token is placed as text (0, 1, 2, ...); the
         model's own cached ``rope_deltas`` are never used, so no earlier call leaks in.
+        With deepstack features (Qwen3-VL) :meth:`_generate_deepstack` decodes instead.
         """
         n = inputs_embeds.shape[1]
         if position_ids is None:
             position_ids = text_position_ids(0, n, inputs_embeds.device)
+        if self.deepstack_layers:
+            return self._generate_deepstack(inputs_embeds, max_new_tokens, position_ids)
         attention_mask = torch.ones((1, n), dtype=torch.long, device=inputs_embeds.device)
         output = self.model.generate(
             inputs_embeds=inputs_embeds,
@@ -450,6 +513,43 @@ class QwenVLAdapter:
             pad_token_id=self.tokenizer.pad_token_id,
         )
         return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
+
+    def _generate_deepstack(
+        self, inputs_embeds: torch.Tensor, max_new_tokens: int, position_ids: torch.Tensor
+    ) -> str:
+        """Greedy decoding through the language model with a ``DynamicCache``.
+
+        ``generate`` cannot carry deepstack features (the model's forward sets them
+        itself from pixels), so the prefill calls the language model with them and each
+        new token follows as text at the prompt's largest position + 1, + 2, ... (what
+        ``generate`` does with the ``rope_deltas`` of an image prompt).
+        """
+        inputs_embeds = inputs_embeds.to(self.dtype)
+        n = inputs_embeds.shape[1]
+        device = inputs_embeds.device
+        cache = DynamicCache(config=self.config.text_config)
+        outputs = self.language_model(
+            **self.language_model_inputs(inputs_embeds),
+            attention_mask=torch.ones((1, n), dtype=torch.long, device=device),
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+        )
+        generated: list[int] = []
+        for step in range(max_new_tokens):
+            logits = self.lm_head(outputs.last_hidden_state[:, -1:])
+            token = logits.argmax(dim=-1)
+            generated.append(int(token))
+            if int(token) in self.eos_token_ids or step + 1 == max_new_tokens:
+                break
+            outputs = self.language_model(
+                inputs_embeds=self.embed_tokens(token),
+                attention_mask=torch.ones((1, n + step + 1), dtype=torch.long, device=device),
+                position_ids=_text_positions_after(position_ids, step),
+                cache=cache,
+                use_cache=True,
+            )
+        return self.tokenizer.decode(generated, skip_special_tokens=True).strip()
 
 
 def text_position_ids(start: int, count: int, device: torch.device | str) -> torch.Tensor:
@@ -474,3 +574,9 @@ def sequence_position_ids(
         cursor += max(segment.grid)
     pieces.append(text_position_ids(cursor, suffix_length, device))
     return torch.cat(pieces, dim=-1)
+
+
+def _text_positions_after(position_ids: torch.Tensor, step: int) -> torch.Tensor:
+    """``(3, 1, 1)`` position of the ``step``-th generated token: after the prompt's largest."""
+    start = int(position_ids.max()) + 1
+    return torch.full((3, 1, 1), start + step, dtype=torch.long, device=position_ids.device)

@@ -15,6 +15,10 @@ the structure was recorded have it and still load as saved.
 Training-free mode (beyond the paper) uses the selected LLM layers themselves, so
 any LLaVA or Qwen-VL checkpoint works without a distilled RFM. On Qwen-VL the
 rotary embedding is the LLM's M-RoPE, fed the positions the adapter gives the sequence.
+On Qwen3-VL the vision tokens' deepstack features (:mod:`lrsvqa.models.deepstack`) are
+added as the LLM adds them: after RFM layer ``r`` (a copy of LLM layer ``m_r``), those
+of LLM layers ``m_r .. m_{r+1} - 1``, so each layer reads what its LLM layer reads but
+for the skipped layers' own computation.
 
 Persistence follows huggingface_hub's :class:`~huggingface_hub.ModelHubMixin`:
 ``save_pretrained`` writes ``rfm.safetensors`` (never a pickle), ``rfm_config.json`` and
@@ -46,6 +50,7 @@ from lrsvqa.models.checkpoint import (
     looks_like_path,
     model_identity,
 )
+from lrsvqa.models.deepstack import add_deepstack_between, split_deepstack
 
 DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
 OFFICIAL_STRUCTURE = "official"  # a leading copy of LLM layer 0, then the selected layers
@@ -255,13 +260,16 @@ class RegionFocusModule(
         """Hidden states entering RFM layers ``0..upto`` (default: all R layers).
 
         Only the layers before the last requested one are run in full: the last layer
-        contributes only its attention rows, which need only its input.
+        contributes only its attention rows, which need only its input. Wide rows of a
+        Qwen3-VL sequence bring their deepstack features (module docstring).
         """
         upto = len(self.layers) - 1 if upto is None else upto
+        inputs_embeds, deepstack = split_deepstack(inputs_embeds, self.rfm_config.hidden_size)
+        indices = list(self.rfm_config.layer_indices)
         order, position_embeddings, mask = self.prepare(inputs_embeds, attention_mask, position_ids)
-        hidden = inputs_embeds
+        hidden = add_deepstack_between(inputs_embeds, deepstack, 0, indices[0])
         inputs = [hidden]
-        for layer in self.layers[:upto]:
+        for r, layer in enumerate(self.layers[:upto]):
             output = layer(
                 hidden,
                 attention_mask=mask,
@@ -269,6 +277,7 @@ class RegionFocusModule(
                 position_embeddings=position_embeddings,
             )
             hidden = output[0] if isinstance(output, tuple) else output
+            hidden = add_deepstack_between(hidden, deepstack, indices[r], indices[r + 1])
             inputs.append(hidden)
         return inputs, position_embeddings
 
@@ -447,10 +456,24 @@ class RegionFocusModule(
         return cls.load(folder, adapter)
 
     @classmethod
-    def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
-        """Load an RFM folder for ``adapter``'s LLM, refusing one whose shapes do not match.
+    def check_source(cls, rfm: str | Path) -> None:
+        """Refuse a local RFM folder that is missing or incomplete, before any model loads.
 
-        :meth:`from_pretrained` takes hub ids too.
+        A hub id (not a path, no such folder) is left to :meth:`from_pretrained`.
+
+        Raises:
+            RFMLoadError: A path-like value with no RFM folder behind it.
+        """
+        local = Path(str(rfm)).expanduser()
+        if local.exists() or looks_like_path(str(rfm)):
+            cls.check_folder(local)
+
+    @staticmethod
+    def check_folder(rfm_dir: str | Path) -> tuple[Path, Path]:
+        """The config and weights of a saved RFM folder, checked before any model loads.
+
+        Raises:
+            RFMLoadError: No such folder, or no RFM config or weights in it.
         """
         rfm_dir = Path(rfm_dir)
         if not rfm_dir.is_dir():
@@ -460,6 +483,16 @@ class RegionFocusModule(
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise RFMLoadError(rfm_dir, f"missing {path.name}; is this an RFM folder?")
+        return config_path, weights_path
+
+    @classmethod
+    def load(cls, rfm_dir: str | Path, adapter: LlavaAdapter) -> RegionFocusModule:
+        """Load an RFM folder for ``adapter``'s LLM, refusing one whose shapes do not match.
+
+        :meth:`from_pretrained` takes hub ids too.
+        """
+        rfm_dir = Path(rfm_dir)
+        config_path, weights_path = cls.check_folder(rfm_dir)
         config = RFMConfig.load(config_path)
         expected = _text_config_summary(adapter)
         mismatched = {

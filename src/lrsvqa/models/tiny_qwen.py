@@ -1,4 +1,4 @@
-"""Tiny Qwen2-VL / Qwen2.5-VL checkpoints built offline from small configs.
+"""Tiny Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoints built offline from small configs.
 
 As :mod:`lrsvqa.models.tiny` does for LLaVA: stock ``transformers`` classes with random
 weights, a word-level tokenizer carrying Qwen's special tokens and a Qwen-style chat
@@ -20,6 +20,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
 )
 
 from lrsvqa.models.qwen_adapter import QwenVLProcessing
@@ -48,6 +50,7 @@ CHAT_TEMPLATE = (
 KINDS = {
     "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
     "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
 }
 
 
@@ -92,7 +95,8 @@ def build_tiny_qwen_vl(
 
     Args:
         words: Extra vocabulary for the word-level tokenizer.
-        kind: ``"qwen2_vl"`` or ``"qwen2_5_vl"``.
+        kind: ``"qwen2_vl"``, ``"qwen2_5_vl"`` or ``"qwen3_vl"`` (2 deepstack layers,
+            interleaved M-RoPE, q/k norms).
         num_layers: Decoder layers of the LLM.
         hidden_size: LLM hidden size (4 heads, 2 key-value heads).
         vision_width: Width of the 2-block vision transformer.
@@ -131,7 +135,23 @@ def build_tiny_qwen_vl(
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    if kind == "qwen2_vl":
+    if kind == "qwen3_vl":
+        # Interleaved M-RoPE: h and w take every third frequency of their sections.
+        text_config["head_dim"] = head_dim
+        text_config["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8],
+            "mrope_interleaved": True,
+        }
+        vision_config |= {
+            "hidden_size": vision_width,
+            "intermediate_size": 2 * vision_width,
+            "out_hidden_size": hidden_size,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0, 1],
+        }
+    elif kind == "qwen2_vl":
         vision_config |= {"embed_dim": vision_width, "mlp_ratio": 2}
     else:
         vision_config |= {

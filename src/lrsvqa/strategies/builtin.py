@@ -208,7 +208,7 @@ def anyres_layout(
         (positions[:, 0] >= r0) & (positions[:, 0] < r1)
         & (positions[:, 1] >= c0) & (positions[:, 1] < c1)
     )  # fmt: skip
-    grid_tokens = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
+    grid_tokens = adapter.pool_tiles(tokens[1:]).flatten(0, -2)
     keep = torch.as_tensor(np.flatnonzero(inside), dtype=torch.long, device=grid_tokens.device)
     sequence, _, order = layout_vision_tokens(
         grid_tokens[keep], positions[inside], tokens[0], adapter.image_newline
@@ -367,7 +367,7 @@ class FullResolutionStrategy(_ModelStrategy):
         adapter = self.adapter
         if self._encoded is None or self._encoded[0]() is not prepared:
             tokens = adapter.encode_tiles([prepared.thumbnail, *prepared.tiles])
-            hr = adapter.pool_tiles(tokens[1:]).reshape(-1, adapter.hidden_size)
+            hr = adapter.pool_tiles(tokens[1:]).flatten(0, -2)
             positions = tile_token_positions(prepared.positions, adapter.tokens_per_side)
             sequence, _, order = layout_vision_tokens(
                 hr, positions, tokens[0], adapter.image_newline
@@ -759,8 +759,15 @@ def _rfm(adapter: LlavaAdapter, options: RFMOptions) -> RegionFocusModule:
     return shared_rfm(adapter, options.rfm_path, layers)
 
 
+def _check_rfm(options: RFMOptions) -> None:
+    """A mistyped ``rfm_path`` fails before the model loads."""
+    if options.rfm_path is not None:
+        RegionFocusModule.check_source(options.rfm_path)
+
+
 def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
     """Factory of ``c2f``."""
+    _check_rfm(options)
     adapter = _adapter(model)
     return CoarseToFineStrategy(
         "c2f",
@@ -773,6 +780,7 @@ def make_c2f(model: ModelOptions, options: C2FOptions) -> CoarseToFineStrategy:
 
 def make_c2f_nodip(model: ModelOptions, options: C2FNoDipOptions) -> CoarseToFineStrategy:
     """Factory of ``c2f-nodip``."""
+    _check_rfm(options)
     adapter = _adapter(model)
     config = CoarseToFineConfig(alpha=options.alpha, max_new_tokens=model.max_new_tokens)
     rfm = _rfm(adapter, options)

@@ -172,7 +172,7 @@ class CoarseToFine:
         while True:
             level = geometry.levels[level_index]
             hr = adapter.encode_hr_tiles([source.tile(level_index, r, c) for r, c in tiles])
-            hr = hr.reshape(-1, adapter.hidden_size)
+            hr = hr.reshape(-1, hr.shape[-1])
             positions = tile_token_positions(tiles, g)
             encoded_total += len(tiles) * adapter.thumbnail_tokens
             sequence, hr_index, order = layout_vision_tokens(hr, positions, thumbnail, newline)

@@ -25,6 +25,8 @@ Implementation choice: the prefill runs the stock decoder layers stage by stage 
 tokens they saw; generation then decodes greedily one token at a time through all
 layers with that cache, so later layers never see dropped tokens and no prefill is
 repeated. With no cut (or ratio 0) this is exactly the model's own greedy decoding.
+On Qwen3-VL the vision tokens' deepstack features (:mod:`lrsvqa.models.deepstack`) are
+added after their layers and cut with their tokens.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from transformers.masking_utils import create_causal_mask
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS, check_drops, kept_after_drop
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
+from lrsvqa.models.deepstack import add_deepstack, split_deepstack
 
 
 @dataclass
@@ -119,6 +122,7 @@ class StagedDecoder:
                 (Qwen-VL's M-RoPE, ``(3, 1, n)``); survivors keep theirs.
         """
         check_drops(drops, len(self.layers))
+        inputs_embeds, deepstack = split_deepstack(inputs_embeds, self.text_config.hidden_size)
         n = inputs_embeds.shape[1]
         device = inputs_embeds.device
         positions = torch.arange(n, device=device)[None]
@@ -137,6 +141,7 @@ class StagedDecoder:
                 rows = layer_attention_rows(self.layers[index - 1], previous[0], last, previous[1])
                 keep = self._cut(rows, is_vision, drops[index])
                 hidden, positions, is_vision = hidden[:, keep], positions[:, keep], is_vision[keep]
+                deepstack = [features[:, keep] for features in deepstack]
                 rope = rope[..., keep]
                 embeddings = self.rotary(hidden, rope)
                 mask = self._mask(hidden)
@@ -154,6 +159,7 @@ class StagedDecoder:
                     position_embeddings=embeddings,
                 )
             )
+            hidden = add_deepstack(hidden, deepstack, index)
         answer = self._decode(hidden, cache, int(rope[..., -1].max()) + 1, max_new_tokens)
         kept = positions[0, is_vision].tolist()
         return PrunedGeneration(answer, vision_counts, token_counts, kept)

@@ -160,7 +160,7 @@ def _sequence(
     adapter: LlavaAdapter, sample: RawSample, thumbnail: torch.Tensor, tiles: torch.Tensor
 ) -> dict[str, torch.Tensor | None]:
     """Embeddings, labels, masks, query and tile positions and target flags of one sample."""
-    tokens = tiles.reshape(-1, adapter.hidden_size)
+    tokens = tiles.reshape(-1, tiles.shape[-1])
     positions, flags = sample.positions, sample.target_tokens
     grid = tuple(int(side) for side in positions.max(axis=0) + 1) if len(positions) else (0, 0)
     if sample.keep is not None:

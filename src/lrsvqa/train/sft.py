@@ -85,6 +85,7 @@ def grounding_loss(
         batch.attention_mask,
         layers,
         batch.position_ids,
+        inputs_embeds=batch.inputs_embeds,
     )
     attention = rows.mean(dim=2)[:, :, 0]  # head average: (layers, batch, n)
     losses = []
@@ -124,7 +125,8 @@ class TokenHeads(nn.Module):
             visual = example.visual
             if visual.token_labels is None:
                 continue
-            tokens.append(tiles.reshape(-1, tiles.shape[-1]))
+            # The token itself, without the deepstack columns of a Qwen3-VL row.
+            tokens.append(tiles.reshape(-1, tiles.shape[-1])[:, : adapter.hidden_size])
             for name in self.heads:
                 labels[name].append(torch.as_tensor(visual.token_labels[name], dtype=torch.long))
         if not tokens:
@@ -153,14 +155,24 @@ def sft_loss(
     """
     encoded = encode_batch(adapter, examples)
     batch = embed_batch(adapter, examples, encoded)
-    output = adapter.model(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        labels=batch.labels,
-        use_cache=False,
-        output_hidden_states=bool(grounding_layers),
-    )
+    forward = getattr(adapter, "causal_lm_outputs", None)
+    if forward is not None:  # Qwen-VL: carries Qwen3-VL's deepstack features
+        output = forward(
+            batch.inputs_embeds,
+            batch.attention_mask,
+            batch.position_ids,
+            batch.labels,
+            output_hidden_states=bool(grounding_layers),
+        )
+    else:
+        output = adapter.model(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=batch.labels,
+            use_cache=False,
+            output_hidden_states=bool(grounding_layers),
+        )
     token_loss = heads.loss(adapter, encoded, examples) if heads is not None else output.loss * 0.0
     if grounding_layers:
         ground = grounding_loss(adapter, batch, output.hidden_states, grounding_layers)

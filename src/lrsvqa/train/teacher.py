@@ -15,6 +15,7 @@ from torch import nn
 
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
+from lrsvqa.models.deepstack import language_model_inputs, layer_inputs_from_hidden_states
 from lrsvqa.models.rfm import RegionFocusModule
 
 # Parameters of a decoder layer that its attention *rows* depend on (see attention.py):
@@ -88,17 +89,24 @@ def teacher_attention(
 ) -> torch.Tensor:
     """Per-head rows of the frozen LLM at the given layers, stacked (K, B, H, J, n).
 
-    ``position_ids`` are a Qwen-VL batch's M-RoPE positions (None: the sequence index).
+    ``position_ids`` are a Qwen-VL batch's M-RoPE positions (None: the sequence index);
+    Qwen3-VL's wide rows bring their deepstack features (:mod:`lrsvqa.models.deepstack`).
     """
     outputs = adapter.language_model(
-        inputs_embeds=inputs_embeds,
+        **language_model_inputs(inputs_embeds, adapter.hidden_size),
         attention_mask=attention_mask,
         position_ids=position_ids,
         output_hidden_states=True,
         use_cache=False,
     )
     return rows_from_hidden_states(
-        adapter, outputs.hidden_states, query_positions, attention_mask, llm_layers, position_ids
+        adapter,
+        outputs.hidden_states,
+        query_positions,
+        attention_mask,
+        llm_layers,
+        position_ids,
+        inputs_embeds=inputs_embeds,
     )
 
 
@@ -109,13 +117,20 @@ def rows_from_hidden_states(
     attention_mask: torch.Tensor,
     llm_layers: Sequence[int],
     position_ids: torch.Tensor | None = None,
+    *,
+    inputs_embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-head rows (K, B, H, J, n) at the given layers, from a forward pass's hidden states.
 
     ``hidden_states[m]`` of the language model is the input of layer m, so layer m's
     rows are recomputed from it with the layer's own projections and rotary embedding
-    (differentiably: the SFT grounding loss trains through them).
+    (differentiably: the SFT grounding loss trains through them). Given the (wide)
+    ``inputs_embeds`` of a Qwen3-VL pass, the deepstack features the model added after
+    the recorded outputs are added back first.
     """
+    hidden_states = layer_inputs_from_hidden_states(
+        hidden_states, inputs_embeds, adapter.hidden_size
+    )
     embeds = hidden_states[0]
     batch, n = embeds.shape[:2]
     if position_ids is None:

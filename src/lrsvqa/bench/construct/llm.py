@@ -1,12 +1,12 @@
 """A small client for OpenAI-compatible chat-completions servers, with images.
 
-Wraps the ``openai`` client with what a long paid batch needs: its own retry loop
-with exponential backoff (honouring ``Retry-After``) on rate limits, server errors and
-timeouts, a per-item failure that callers record instead of crashing on, and a token
-counter for cost. The API key is held out of ``repr`` and never logged, and it is
-cut out of everything the server sends back (error bodies, replies) before that is
-stored or printed: a server that echoes the key cannot make it land in
-``qa.jsonl``, ``answers.jsonl`` or the terminal.
+Wraps the ``openai`` client with what a long paid batch needs: the SDK's own retries
+(``max_retries``: exponential backoff with jitter, honouring ``Retry-After``) on rate
+limits, server errors, timeouts and connection errors, a per-item failure that
+callers record instead of crashing on, and a token counter for cost. The API key is
+held out of ``repr`` and never logged, and it is cut out of everything the server
+sends back (error bodies, replies) before that is stored or printed: a server that
+echoes the key cannot make it land in ``qa.jsonl``, ``answers.jsonl`` or the terminal.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import base64
 import io
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +37,8 @@ class ApiSettings:
         model: Model name the server knows.
         api_key: Secret; excluded from ``repr`` so it cannot leak into logs.
         timeout: Seconds to wait for one reply.
-        max_retries: Retries after the first try on 429, 5xx, timeouts and
-            connection errors.
-        backoff: First retry delay in seconds; doubles each retry.
-        max_backoff: Cap on one delay, also applied to ``Retry-After``.
+        max_retries: Retries after the first try on 408, 409, 429, 5xx, timeouts and
+            connection errors, done by the ``openai`` client itself.
         max_tokens: Reply length cap.
         temperature: Sampling temperature; 0 makes reruns comparable.
     """
@@ -51,8 +48,6 @@ class ApiSettings:
     api_key: str = field(repr=False)
     timeout: float = 120.0
     max_retries: int = 5
-    backoff: float = 2.0
-    max_backoff: float = 60.0
     max_tokens: int = 1024
     temperature: float = 0.0
 
@@ -137,16 +132,6 @@ def _retryable(err: Exception) -> bool:
     return isinstance(err, openai.APIConnectionError)  # includes APITimeoutError
 
 
-def _retry_after(err: Exception) -> float | None:
-    """Seconds the server asked us to wait, when it said so in seconds."""
-    response = getattr(err, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class ChatClient:
     """Chat completions with retries, failure isolation and a token counter.
 
@@ -155,21 +140,14 @@ class ChatClient:
     thousands of identical failures.
     """
 
-    def __init__(
-        self,
-        settings: ApiSettings,
-        usage: Usage | None = None,
-        *,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
+    def __init__(self, settings: ApiSettings, usage: Usage | None = None) -> None:
         self.settings = settings
         self.usage = usage if usage is not None else Usage()
-        self._sleep = sleep
         self._client = openai.OpenAI(
             base_url=settings.base_url,
             api_key=settings.api_key,
             timeout=settings.timeout,
-            max_retries=0,
+            max_retries=settings.max_retries,
         )
 
     def chat(self, messages: Sequence[dict[str, Any]]) -> Reply:
@@ -182,40 +160,31 @@ class ChatClient:
         """
         settings = self.settings
         key = settings.api_key
-        attempt = 0
-        while True:
-            try:
-                completion = self._client.chat.completions.create(
-                    model=settings.model,
-                    messages=list(messages),  # type: ignore[arg-type]
-                    max_tokens=settings.max_tokens,
-                    temperature=settings.temperature,
-                )
-            except (
-                openai.AuthenticationError,
-                openai.PermissionDeniedError,
-                openai.NotFoundError,
-            ) as err:
-                # from None: the chained original would print the server's text unredacted.
-                raise ApiConfigError(
-                    settings.base_url, f"{type(err).__name__}: {redact(str(err), key)}"
+        try:
+            completion = self._client.chat.completions.create(
+                model=settings.model,
+                messages=list(messages),  # type: ignore[arg-type]
+                max_tokens=settings.max_tokens,
+                temperature=settings.temperature,
+            )
+        except (
+            openai.AuthenticationError,
+            openai.PermissionDeniedError,
+            openai.NotFoundError,
+        ) as err:
+            # from None: the chained original would print the server's text unredacted.
+            raise ApiConfigError(
+                settings.base_url, f"{type(err).__name__}: {redact(str(err), key)}"
+            ) from None
+        except openai.OpenAIError as err:
+            if _retryable(err):  # the client retried it max_retries times already
+                raise RequestFailed(
+                    f"gave up after {settings.max_retries + 1} tries: {type(err).__name__}"
                 ) from None
-            except openai.OpenAIError as err:
-                if not _retryable(err):
-                    raise RequestFailed(
-                        f"request rejected: {type(err).__name__}: {redact(str(err), key)}"
-                    ) from None
-                if attempt == settings.max_retries:
-                    raise RequestFailed(
-                        f"gave up after {attempt + 1} tries: {type(err).__name__}"
-                    ) from err
-                wait = _retry_after(err) or settings.backoff * 2**attempt
-                delay = min(settings.max_backoff, wait)
-                logger.info("retrying in %.2fs after %s", delay, type(err).__name__)
-                self._sleep(delay)
-                attempt += 1
-                continue
-            return self._reply(completion)
+            raise RequestFailed(
+                f"request rejected: {type(err).__name__}: {redact(str(err), key)}"
+            ) from None
+        return self._reply(completion)
 
     def _reply(self, completion: Any) -> Reply:
         """Text and token counts of a completion, counted in :attr:`usage`.
