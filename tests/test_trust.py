@@ -117,7 +117,7 @@ def test_run_record_is_kept_beside_the_answers_and_copied_into_the_report(bench)
     assert record["strategy"]["name"] == "test-oracle"
     options = record["strategy"]["options"]  # as parsed, defaults included
     assert options["questions"] == str(questions) and options["delay"] == 0.0
-    assert options["dtype"] == "auto" and "device" not in options
+    assert options["dtype"] == "float32" and "device" not in options  # auto, resolved on CPU
     assert len(record["questions"]["sha256"]) == 64 and record["scoring_rule"] == "normalised"
     assert set(record["software"]) == {"lrsvqa", "torch", "transformers"}
     assert all(record["software"].values()) and "commit" in record
@@ -317,3 +317,23 @@ def test_unexpected_errors_keep_their_traceback(tmp_path):
     args = ["eval", "--data-root", str(tmp_path), "--questions", str(questions)]
     result = CliRunner().invoke(app, [*args, "--strategy", "test-broken", "--no-progress"])
     assert isinstance(result.exception, RuntimeError) and result.exit_code == 1
+
+
+def test_run_records_hold_the_resolved_dtype_not_auto(monkeypatch, tmp_path):
+    # "auto" is float32 on the CPU and the checkpoint's (or bfloat16) on a GPU: recording
+    # the word would let a CPU run resume a GPU run's answers and mix the two.
+    import torch
+
+    from lrsvqa.bench.run_record import resolved_dtype
+
+    assert resolved_dtype("auto", "cpu", None) == "float32"
+    assert resolved_dtype("fp16", "cpu", None) == "float16"  # one name per dtype
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolved_dtype("auto", None, None) == "bfloat16"
+    config = tmp_path / "model"
+    config.mkdir()
+    (config / "config.json").write_text(
+        json.dumps({"model_type": "llama", "dtype": "float16"}), encoding="utf-8"
+    )
+    assert resolved_dtype("auto", "cuda", str(config)) == "float16"
+    assert resolved_dtype("auto", "cpu", str(config)) == "float32"

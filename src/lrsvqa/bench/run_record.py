@@ -29,6 +29,13 @@ from typing import Any
 import lrsvqa
 from lrsvqa.errors import RunMismatchError
 from lrsvqa.models.checkpoint import fingerprint
+from lrsvqa.models.placement import (
+    AUTO,
+    DEFAULT_DEVICE,
+    checkpoint_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from lrsvqa.strategies.registry import strategy_entry
 from lrsvqa.version import source_commit
 
@@ -106,6 +113,8 @@ def make_run_record(
     model_options, own = strategy_entry(strategy).parse(options)
     options = dataclasses.asdict(model_options) | dataclasses.asdict(own)
     model = options.get("model_path")
+    if "dtype" in options:
+        options["dtype"] = resolved_dtype(options["dtype"], options.get("device"), model)
     rfm = options.get("rfm_path")
     return {
         "bench": bench,
@@ -127,6 +136,27 @@ def make_run_record(
         "scoring_rule": rule,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def resolved_dtype(dtype: str, device: str | None, model: str | None) -> str:
+    """The dtype a run computes in, as a plain name: ``auto`` resolved as the load resolves it.
+
+    Recording ``auto`` would let a float32 run on the CPU resume a bfloat16 one on a GPU.
+    """
+    if dtype != AUTO:
+        resolved = resolve_dtype(dtype)
+    else:
+        where = resolve_device(device or DEFAULT_DEVICE)
+        stated = None
+        if where.type != "cpu" and model:
+            from transformers import AutoConfig
+
+            try:
+                stated = checkpoint_dtype(AutoConfig.from_pretrained(model))
+            except (OSError, ValueError):
+                stated = None  # the load itself reports a checkpoint it cannot read
+        resolved = resolve_dtype(AUTO, where, stated)
+    return str(resolved).removeprefix("torch.")
 
 
 def _identity(record: Mapping[str, Any]) -> dict[str, Any]:
