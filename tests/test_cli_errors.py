@@ -207,3 +207,24 @@ def test_formats_and_urls_that_need_gdal_say_how_to_get_it(tmp_path, monkeypatch
     one_line_error(run("pyramid", jp2), str(jp2), "JPEG2000", "pip install 'lrsvqa[geo]'")
     url = "https://example.invalid/scene.tif"  # refused before any request
     one_line_error(run("pyramid", url), url, "remote image needs GDAL")
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["pyramid", "scene.tif", "--tile-size", "abc"], "--tile-size"),
+        (["flops", "--format", "xml"], "--format"),
+        (["eval", "--bench", "lrs-vqa", "--questions", "q.jsonl"], "--data-root"),
+        (["ask", "scene.tif", "what?", "--model", "m", "--alpha", "x"], "--alpha"),
+        (["score", "a.jsonl", "--rule", "lenient"], "--rule"),
+    ],
+)
+def test_bad_or_missing_option_values_end_in_one_line(args, names, tmp_path, monkeypatch):
+    # Typer's own checks used to print a boxed panel; every bad value is one line now.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scene.tif").write_bytes(b"")
+    (tmp_path / "a.jsonl").write_text("")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], lines

@@ -65,6 +65,11 @@ class _ErrorBoundary(TyperGroup):
                 raise
             typer.echo(f"error: {' '.join(str(error).split())}", err=True)
             raise typer.Exit(INPUT_ERROR_STATUS) from error
+        except typer.BadParameter as error:  # a bad or missing option value: one line too
+            if _debugging(ctx):
+                raise
+            typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+            raise typer.Exit(error.exit_code) from error
 
 
 app = typer.Typer(
