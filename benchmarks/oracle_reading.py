@@ -34,18 +34,9 @@ from lrsvqa.bench.scoring import is_correct
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.layout import layout_vision_tokens, tile_token_positions
+from lrsvqa.train.samplers import tokens_touching
 
 VARIANTS = ("all", "target")
-
-
-def _touching(level, positions: np.ndarray, box, g: int) -> np.ndarray:
-    """Bool per token (in ``positions`` order): does the token's ground overlap ``box``."""
-    step = level.tile_size / g
-    rh, rw = level.resized_size
-    sx, sy = level.image_width / rw, level.image_height / rh
-    x0, y0 = positions[:, 1] * step * sx, positions[:, 0] * step * sy
-    x1, y1 = x0 + step * sx, y0 + step * sy
-    return (x0 < box[2]) & (box[0] < x1) & (y0 < box[3]) & (box[1] < y1)
 
 
 @torch.no_grad()
@@ -62,7 +53,10 @@ def oracle_answers(
     hr = adapter.encode_hr_tiles([reader.tile(level_index, r, c) for r, c in tiles])
     hr = hr.reshape(-1, adapter.hidden_size)
     positions = tile_token_positions(tiles, g)
-    masks = {"all": np.ones(len(positions), bool), "target": _touching(level, positions, box, g)}
+    masks = {
+        "all": np.ones(len(positions), bool),
+        "target": tokens_touching(level, positions, [box], g)[:, 0],
+    }
     answers = {}
     for variant, mask in masks.items():
         if not mask.any():

@@ -11,6 +11,7 @@ import numpy as np
 from lrsvqa.imagery.pyramid import build_pyramid
 from lrsvqa.models.layout import tile_token_positions
 from lrsvqa.strategies.registry import strategy_entry
+from lrsvqa.train.samplers import tokens_touching
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -45,14 +46,13 @@ def test_benchmark_has_the_issues_rows_and_the_papers_ablations() -> None:
 
 
 def test_oracle_keeps_exactly_the_tokens_whose_ground_touches_the_box() -> None:
-    oracle = _script("oracle_reading")
     level = build_pyramid(4096, 4096).levels[-1]  # the finest level: 1 px per image px
     g = 8
     box = (700.0, 10.0, 720.0, 30.0)  # inside tile (0, 2) of 336 px, token column 16
     tiles = level.tiles_covering(box)
     positions = tile_token_positions(tiles, g)
-    touched = positions[oracle._touching(level, positions, box, g)]
+    touched = positions[tokens_touching(level, positions, [box], g)[:, 0]]
     step = level.tile_size / g * level.image_width / level.resized_size[1]
     expected = {(int(y // step), int(x // step)) for x in (700, 719) for y in (10, 29)}
     assert {tuple(p) for p in touched.tolist()} == expected
-    assert np.all(oracle._touching(level, positions, (0, 0, 1e9, 1e9), g))
+    assert np.all(tokens_touching(level, positions, [(0, 0, 1e9, 1e9)], g))

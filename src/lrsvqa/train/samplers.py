@@ -209,19 +209,7 @@ class TrainingSampler(_SeededSampler):
 
     def _touching(self, level, tiles: list[tuple[int, int]], boxes: list[Box]) -> np.ndarray:
         """Bool (tokens, boxes): which of the tiles' tokens (tile-major) touch which box."""
-        positions = tile_token_positions(tiles, self.g).astype(np.float64)
-        step = level.tile_size / self.g
-        rh, rw = level.resized_size
-        sx, sy = level.image_width / rw, level.image_height / rh
-        x0, y0 = positions[:, 1] * step * sx, positions[:, 0] * step * sy
-        x1, y1 = x0 + step * sx, y0 + step * sy
-        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-        return (
-            (x0[:, None] < boxes[None, :, 2])
-            & (boxes[None, :, 0] < x1[:, None])
-            & (y0[:, None] < boxes[None, :, 3])
-            & (boxes[None, :, 1] < y1[:, None])
-        )
+        return tokens_touching(level, tile_token_positions(tiles, self.g), boxes, self.g)
 
     def _keep_mask(
         self, level, tiles: list[tuple[int, int]], objects: list[LabeledObject]
@@ -372,6 +360,32 @@ class TrainingSampler(_SeededSampler):
         else:
             self._weights, self._default_weight = self.question_weights, 1.0
         return [self.example() for _ in range(batch_size)]
+
+
+def tokens_touching(
+    level: Level, positions: np.ndarray, boxes: list[Box], tokens_per_side: int
+) -> np.ndarray:
+    """Bool (tokens, boxes): which tokens at grid ``positions`` cover ground of which box.
+
+    Args:
+        level: The pyramid level of the tokens.
+        positions: (m, 2) global token grid positions (row, col) in that level.
+        boxes: Image-pixel boxes ``(x0, y0, x1, y1)``.
+        tokens_per_side: Tokens per tile side.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    step = level.tile_size / tokens_per_side
+    rh, rw = level.resized_size
+    sx, sy = level.image_width / rw, level.image_height / rh
+    x0, y0 = positions[:, 1] * step * sx, positions[:, 0] * step * sy
+    x1, y1 = x0 + step * sx, y0 + step * sy
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    return (
+        (x0[:, None] < boxes[None, :, 2])
+        & (boxes[None, :, 0] < x1[:, None])
+        & (y0[:, None] < boxes[None, :, 3])
+        & (boxes[None, :, 1] < y1[:, None])
+    )
 
 
 def _tiles_covering(level: Level, boxes: list[Box]) -> set[tuple[int, int]]:
