@@ -111,16 +111,9 @@ class ModelDims:
         """
         if config.get("model_type") in QWEN_MODEL_TYPES:
             return cls._from_qwen_config(config, rfm_layers)
-        text = dict(config.get("text_config") or {})
-        vision = dict(config.get("vision_config") or {})
-        text_keys = ("hidden_size", "intermediate_size", "num_hidden_layers")
-        vision_keys = ("image_size", "patch_size")
-        if any(k not in text for k in text_keys) or any(k not in vision for k in vision_keys):
-            from transformers import AutoConfig
-
-            full = AutoConfig.for_model(**dict(config))
-            text = {k: text.get(k, getattr(full.text_config, k)) for k in text_keys}
-            vision = {k: vision.get(k, getattr(full.vision_config, k)) for k in vision_keys}
+        text, vision = _text_and_vision(
+            config, dict(config.get("text_config") or {}), ("image_size", "patch_size")
+        )
         return cls(
             hidden_size=int(text["hidden_size"]),
             intermediate_size=int(text["intermediate_size"]),
@@ -139,16 +132,9 @@ class ModelDims:
         Older checkpoints keep the text model's keys at the top level, newer ones in
         ``text_config``; defaults omitted on saving come from the config class.
         """
-        text = dict(config.get("text_config") or config)
-        vision = dict(config.get("vision_config") or {})
-        text_keys = ("hidden_size", "intermediate_size", "num_hidden_layers")
-        vision_keys = ("patch_size", "spatial_merge_size")
-        if any(k not in text for k in text_keys) or any(k not in vision for k in vision_keys):
-            from transformers import AutoConfig
-
-            full = AutoConfig.for_model(**dict(config))
-            text = {k: text.get(k, getattr(full.text_config, k)) for k in text_keys}
-            vision = {k: vision.get(k, getattr(full.vision_config, k)) for k in vision_keys}
+        text, vision = _text_and_vision(
+            config, dict(config.get("text_config") or config), ("patch_size", "spatial_merge_size")
+        )
         return cls(
             hidden_size=int(text["hidden_size"]),
             intermediate_size=int(text["intermediate_size"]),
@@ -203,3 +189,24 @@ class TokenCount:
     def tflops(self, dims: ModelDims) -> float:
         """:meth:`flops` in units of 10^12."""
         return self.flops(dims) / 1e12
+
+
+_TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers")
+
+
+def _text_and_vision(
+    config: Mapping[str, Any], text: dict[str, Any], vision_keys: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The text and vision values :class:`ModelDims` needs from a checkpoint config.
+
+    Checkpoints saved by ``transformers`` omit values equal to their class defaults;
+    those are filled in from the ``transformers`` config class, imported only then.
+    """
+    vision = dict(config.get("vision_config") or {})
+    if any(k not in text for k in _TEXT_KEYS) or any(k not in vision for k in vision_keys):
+        from transformers import AutoConfig
+
+        full = AutoConfig.for_model(**dict(config))
+        text = {k: text.get(k, getattr(full.text_config, k)) for k in _TEXT_KEYS}
+        vision = {k: vision.get(k, getattr(full.vision_config, k)) for k in vision_keys}
+    return text, vision
