@@ -45,20 +45,29 @@ CHAT_TEMPLATE = (
 BASE_WORDS = ("user", "assistant", ":", "?", ".", ",", "yes", "no")
 
 
-def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A lower-casing, whitespace-and-punctuation word-level tokenizer.
+def word_level_backend(tokens: Iterable[str]) -> Tokenizer:
+    """A lower-casing, whitespace-and-punctuation word-level backend over ``tokens``.
 
-    Args:
-        words: Vocabulary words besides the special tokens and chat-template words.
+    Ids follow the tokens' first appearance; ``<unk>`` must be among them.
     """
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *BASE_WORDS, *sorted(set(words))):
+    for token in tokens:
         vocab.setdefault(token, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
     )
+    return backend
+
+
+def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A lower-casing, whitespace-and-punctuation word-level tokenizer.
+
+    Args:
+        words: Vocabulary words besides the special tokens and chat-template words.
+    """
+    backend = word_level_backend((*SPECIAL_TOKENS, *BASE_WORDS, *sorted(set(words))))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",

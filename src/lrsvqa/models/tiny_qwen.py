@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -25,6 +24,7 @@ from transformers import (
 )
 
 from lrsvqa.models.qwen_adapter import QwenVLProcessing
+from lrsvqa.models.tiny import word_level_backend
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -56,14 +56,7 @@ KINDS = {
 
 def build_qwen_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     """A lower-casing word-level tokenizer that keeps Qwen's special tokens whole."""
-    vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *BASE_WORDS, *sorted(set(words))):
-        vocab.setdefault(token, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
+    backend = word_level_backend((*SPECIAL_TOKENS, *BASE_WORDS, *sorted(set(words))))
     backend.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
