@@ -147,16 +147,24 @@ class DefaultModelConfig:
         text = json.dumps({**fields, "world_version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
-    def sft_key(self) -> str:
-        """Hash of what the trained model depends on (``architecture`` only when not LLaVA)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in DISTILL_FIELDS}
+    def recipe(self) -> dict[str, Any]:
+        """The fields as hashed and written to manifests.
+
+        ``architecture`` is left out at its LLaVA-NeXT value, so a recipe from before the
+        field existed (the shipped default's) reads and hashes as it did.
+        """
+        fields = asdict(self)
         if self.architecture == LLAVA_NEXT:
             del fields["architecture"]
-        return self._hash(fields)
+        return fields
+
+    def sft_key(self) -> str:
+        """Hash of what the trained model depends on."""
+        return self._hash({k: v for k, v in self.recipe().items() if k not in DISTILL_FIELDS})
 
     def distill_key(self) -> str:
         """Hash of what the distilled RFM depends on (beyond the model)."""
-        return self._hash({k: v for k, v in asdict(self).items() if k in DISTILL_FIELDS})
+        return self._hash({k: v for k, v in self.recipe().items() if k in DISTILL_FIELDS})
 
 
 @dataclass(frozen=True)
