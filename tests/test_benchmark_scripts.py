@@ -1,9 +1,10 @@
-"""The synthetic-world benchmark's rows and the oracle-reading benchmark's token choice."""
+"""The synthetic-world benchmark's rows and question mix, the oracle-reading one's token choice."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,29 @@ def test_benchmark_has_the_issues_rows_and_the_papers_ablations() -> None:
     assert "native" not in [s for s, _ in bare.values()]  # LLaVA has no dynamic resolution
     qwen = _script("synthetic_world").benchmark_runs({"alpha": 0.1}, {}, 36, False, False, True)
     assert qwen["native"] == ("native", {})
+
+
+def test_questions_give_every_reference_kind_a_quarter() -> None:
+    script = _script("synthetic_world")
+
+    def scene(index: int, counts: int) -> list[dict]:
+        named = [
+            {"id": f"{index}-{kind}-{n}", "reference_kind": kind}
+            for n in range(6)
+            for kind in script.REFERENCE_KINDS
+        ]
+        return named + [{"id": f"{index}-count-{n}"} for n in range(counts)]
+
+    per_scene = [scene(index, counts=5) for index in range(24)]
+    records = script.sample_by_kind([list(qs) for qs in per_scene], 400)
+    assert Counter(map(script._kind, records)) == {kind: 100 for kind in script.KINDS}
+    assert len({r["id"] for r in records}) == 400
+    assert {r["id"].split("-")[0] for r in records} == {str(i) for i in range(24)}
+    # 24 count questions in all: the other kinds share the shortfall
+    scarce = script.sample_by_kind([scene(index, counts=1) for index in range(24)], 400)
+    kinds = Counter(map(script._kind, scarce))
+    assert len(scarce) == 400 and kinds["count"] == 24
+    assert {kinds[kind] for kind in script.REFERENCE_KINDS} == {125, 126}
 
 
 def test_oracle_keeps_exactly_the_tokens_whose_ground_touches_the_box() -> None:

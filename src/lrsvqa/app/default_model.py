@@ -166,6 +166,25 @@ class DefaultModelConfig:
         """Hash of what the distilled RFM depends on (beyond the model)."""
         return self._hash({k: v for k, v in self.recipe().items() if k in DISTILL_FIELDS})
 
+    def world_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`generate_world` for the training split.
+
+        The shipped model was trained on scenes whose short side is also at least
+        ``min_side`` and with no scene forced to the largest aspect ratio (the draw of
+        world v4 before it grew extreme strips): both are pinned here, so the recipe's
+        hash still names the scenes it was trained on.
+        """
+        return {
+            "num_scenes": self.train_scenes,
+            "min_side": self.min_side,
+            "max_side": self.max_side,
+            "seed": self.world_seed,
+            "split": "train",
+            "objects": self.objects_per_scene,
+            "min_short_side": self.min_side,
+            "extreme_every": 0,
+        }
+
 
 @dataclass(frozen=True)
 class DefaultModel:
@@ -286,15 +305,7 @@ def build_default_model(
 def _training_split(world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]):
     """The training world (generated once): its manifest, scenes, records and raw questions."""
     log(f"training scenes: {config.train_scenes} in {world_dir} (reused when present)")
-    manifest = generate_world(
-        world_dir,
-        num_scenes=config.train_scenes,
-        min_side=config.min_side,
-        max_side=config.max_side,
-        seed=config.world_seed,
-        split="train",
-        objects=config.objects_per_scene,
-    )
+    manifest = generate_world(world_dir, **config.world_options())
     return manifest, *_load_split(manifest, world_dir / "train", config)
 
 
