@@ -83,3 +83,41 @@ def test_oracle_keeps_exactly_the_tokens_whose_ground_touches_the_box() -> None:
     expected = {(int(y // step), int(x // step)) for x in (700, 719) for y in (10, 29)}
     assert {tuple(p) for p in touched.tolist()} == expected
     assert np.all(tokens_touching(level, positions, [(0, 0, 1e9, 1e9)], g))
+
+
+def test_side_by_side_counts_each_cell_and_the_discordant_pairs(tmp_path: Path) -> None:
+    import json
+
+    kinds = ("scene-positional", "scene-positional", "category-unique", None)
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question_id": f"SYN_{i}",
+                    "image": "images/a.tif",
+                    "category": "count" if kind is None else "object color",
+                    "text": "?",
+                    "ground_truth": "red",
+                    **({"reference_kind": kind} if kind else {}),
+                }
+            )
+            + "\n"
+            for i, kind in enumerate(kinds)
+        )
+    )
+
+    def answers(name: str, right: tuple[int, ...]) -> Path:
+        path = tmp_path / f"{name}.jsonl"
+        lines = [
+            {"question_id": f"SYN_{i}", "answer": "red" if i in right else "blue"} for i in range(4)
+        ]
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return path
+
+    text = _script("side_by_side").tables(
+        questions, {"A": answers("a", (0, 1, 3)), "B": answers("b", (1, 2))}, [("A", "B")]
+    )
+    assert "| A | 100.0 (1/1) | 66.7 (2/3) | 75.0 (3/4) |" in text  # by category
+    assert "| A | 0.0 (0/1) | - | 100.0 (2/2) | - |" in text  # category-unique, then positional
+    assert "| A vs B | 0 / 1 | 1 / 0 | 1 / 0 | 2 / 1 |" in text
