@@ -20,9 +20,11 @@ starts afresh.
 
 Rows: thumbnail; anyres-p4/p9/p25; the paper's Tab. 3/4 peers (VisionZip, PruMerge++,
 FastV, PDrop) on an anyres-p144 grid; full resolution (``--fullres``, where it fits);
-c2f-nodip; c2f with the distilled RFM and training-free; with ``--ablations`` the
-paper's Tab. 5 (RFM pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP of a
-fixed depth 2-5 against the dynamic one).
+for a Qwen-VL ``--model``, ``native`` (its own dynamic resolution under Qwen2-VL's
+recommended 1280 x 28 x 28 px budget, the paper's Fig. 5 setting); c2f-nodip; c2f with
+the distilled RFM and training-free; with ``--ablations`` the paper's Tab. 5 (RFM
+pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP of a fixed depth 2-5
+against the dynamic one).
 
 ``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
 process and the rest in another, and prints the table of what it ran; a last run
@@ -47,6 +49,8 @@ from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
 from lrsvqa.bench.templates import REFERENCE_KINDS, generate_questions
 from lrsvqa.labels import LabeledObject
+from lrsvqa.models.auto import checkpoint_model_type
+from lrsvqa.models.qwen_adapter import is_qwen_vl
 from lrsvqa.synthetic.world import generate_world
 from lrsvqa.types import write_lrsvqa_jsonl
 
@@ -176,7 +180,8 @@ def main() -> None:
     model = {"model_path": str(model_dir), "max_new_tokens": 8}
     c2f = {"alpha": args.alpha, "max_tiles": args.max_tiles}
     rfm = {"rfm_path": str(rfm_dir)} if rfm_dir else {}
-    runs = benchmark_runs(c2f, rfm, args.grid_tiles, args.ablations, args.fullres)
+    native = is_qwen_vl(checkpoint_model_type(model_dir) or "")
+    runs = benchmark_runs(c2f, rfm, args.grid_tiles, args.ablations, args.fullres, native)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     known = {strategy for strategy, _ in runs.values()}
     if only - known:
@@ -234,9 +239,12 @@ def main() -> None:
 
 
 def benchmark_runs(
-    c2f: dict, rfm: dict, grid_tiles: int, ablations: bool, fullres: bool
+    c2f: dict, rfm: dict, grid_tiles: int, ablations: bool, fullres: bool, native: bool = False
 ) -> dict[str, tuple[str, dict]]:
-    """Every row: label -> (strategy, options). The paper's peers run on a ``grid_tiles`` grid."""
+    """Every row: label -> (strategy, options). The paper's peers run on a ``grid_tiles`` grid.
+
+    ``native`` (a Qwen-VL model's own dynamic resolution) only where the model has one.
+    """
     grid = {"grid_tiles": grid_tiles}
     runs: dict[str, tuple[str, dict]] = {
         "thumbnail": ("thumbnail", {}),
@@ -250,6 +258,8 @@ def benchmark_runs(
     }
     if fullres:
         runs["full resolution"] = ("fullres", {"max_tiles": 700})
+    if native:
+        runs["native"] = ("native", {})
     runs[f"c2f-nodip (p{grid_tiles})"] = ("c2f-nodip", {**rfm, **grid, "alpha": c2f["alpha"]})
     if rfm:
         runs["c2f (distilled RFM)"] = ("c2f", {**rfm, **c2f})

@@ -44,6 +44,9 @@ def test_benchmark_has_the_issues_rows_and_the_papers_ablations() -> None:
     bare = _script("synthetic_world").benchmark_runs({"alpha": 0.1}, {}, 36, False, False)
     assert "fullres" not in [s for s, _ in bare.values()]
     assert not any("rfm_path" in o for _, o in bare.values())
+    assert "native" not in [s for s, _ in bare.values()]  # LLaVA has no dynamic resolution
+    qwen = _script("synthetic_world").benchmark_runs({"alpha": 0.1}, {}, 36, False, False, True)
+    assert qwen["native"] == ("native", {})
 
 
 def test_questions_give_every_reference_kind_a_quarter() -> None:

@@ -75,6 +75,15 @@ class QwenVLOptions:
         if self.tile_size < 1:
             raise ValueError(f"tile_size must be >= 1, got {self.tile_size}")
 
+    @classmethod
+    def from_config(cls, config: Any) -> QwenVLOptions:
+        """The tile size a checkpoint's config states (key ``tile_size``), else the default.
+
+        A model trained on other tiles (the tiny Qwen2-VL of ``lrsvqa build-default``: 336
+        px) records them so that loading it feeds it the tiles it learned on.
+        """
+        return cls(tile_size=int(getattr(config, "tile_size", None) or cls.tile_size))
+
 
 class QwenVLProcessing:
     """Tokenizer + image processor doing what ``Qwen2VLProcessor`` does for images.
@@ -161,7 +170,7 @@ class QwenVLAdapter:
     Args:
         model: A loaded ``Qwen2VLForConditionalGeneration`` (or Qwen2.5-VL).
         processor: Its processor, or a :class:`QwenVLProcessing`.
-        options: Tile size (default 448 px).
+        options: Tile size (default: the config's ``tile_size``, else 448 px).
     """
 
     uses_mrope = True
@@ -180,7 +189,7 @@ class QwenVLAdapter:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.image_processor = processor.image_processor
         self.config = model.config
-        self.qwen_options = options or QwenVLOptions()
+        self.qwen_options = options or QwenVLOptions.from_config(model.config)
         vision = self.config.vision_config
         self.merge_size: int = vision.spatial_merge_size
         self.patch_size: int = vision.patch_size
