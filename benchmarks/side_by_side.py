@@ -2,10 +2,11 @@
 
 ``synthetic_world.py`` scores the rows of one model; comparing two models (the LLaVA
 default and the tiny Qwen2-VL, docs/results/qwen_vs_llava.md) needs their answer files
-scored on the same questions: accuracy by category and by reference kind, each cell
-with its number of questions, and, for pairs of rows, how many questions one got right
-and the other wrong (the discordant pairs, the part of a difference that is not noise
-shared by both).
+scored on the same questions (those every row answered, so a row stopped early is
+compared on its part): accuracy by category and by reference kind, each cell with its
+number of questions, and, for pairs of rows, how many questions one got right and the
+other wrong (the discordant pairs, the part of a difference that is not noise shared by
+both).
 
     python benchmarks/side_by_side.py --questions WORLD/bench/questions.jsonl
         --answers "LLaVA c2f=DIR/c2f__distilled_RFM-....jsonl" --answers "Qwen c2f=..."
@@ -56,6 +57,9 @@ def tables(questions: Path, answers: dict[str, Path], pairs: list[tuple[str, str
     items = {item.question_id: item for item in load_lrs_vqa(questions)}
     kind = {str(r["question_id"]): _kind(r) for r in records}
     scored = {label: verdicts(path, items) for label, path in answers.items()}
+    # Rows stopped early (a time limit) are compared on the questions every row answered.
+    common = set.intersection(*(set(v) for v in scored.values()))
+    scored = {label: {q: v for q, v in s.items() if q in common} for label, s in scored.items()}
     categories = sorted({item.category for item in items.values()})
     kinds = [k for k in KIND_ORDER if k in kind.values()]
     kinds += sorted(set(kind.values()) - set(kinds))
@@ -71,7 +75,8 @@ def tables(questions: Path, answers: dict[str, Path], pairs: list[tuple[str, str
         every = list(scored[label].values())
         return f"| {label} | " + " | ".join([*cells, _cell([c for c, _ in every])]) + " |"
 
-    out = ["Accuracy (normalised rule) by question category, % (right/asked):", ""]
+    out = [f"{len(common)} of {len(items)} questions, those every row answered.", ""]
+    out += ["Accuracy (normalised rule) by question category, % (right/asked):", ""]
     out += ["| row | " + " | ".join([*categories, "OA"]) + " |"]
     out += ["|---" * (len(categories) + 2) + "|"]
     out += [row(label, lambda q: items[q].category, categories) for label in answers]

@@ -121,3 +121,10 @@ def test_side_by_side_counts_each_cell_and_the_discordant_pairs(tmp_path: Path) 
     assert "| A | 100.0 (1/1) | 66.7 (2/3) | 75.0 (3/4) |" in text  # by category
     assert "| A | 0.0 (0/1) | - | 100.0 (2/2) | - |" in text  # category-unique, then positional
     assert "| A vs B | 0 / 1 | 1 / 0 | 1 / 0 | 2 / 1 |" in text
+    assert text.startswith("4 of 4 questions")
+    stopped = tmp_path / "b.jsonl"  # a row stopped early: all rows on what it answered
+    stopped.write_text("".join(stopped.read_text().splitlines(keepends=True)[:3]))
+    text = _script("side_by_side").tables(
+        questions, {"A": answers("a", (0, 1, 3)), "B": stopped}, []
+    )
+    assert text.startswith("3 of 4 questions") and "| A | - | 66.7 (2/3) | 66.7 (2/3) |" in text
