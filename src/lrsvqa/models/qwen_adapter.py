@@ -53,6 +53,7 @@ from lrsvqa.errors import LrsvqaError, ModelLoadError
 from lrsvqa.models.adapter import PromptParts, VisionTokenOptions
 from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
 from lrsvqa.models.deepstack import language_model_inputs, widen
+from lrsvqa.models.hf_compat import CACHE_KEYWORD
 from lrsvqa.models.layout import VisionSegment
 from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
@@ -532,7 +533,7 @@ class QwenVLAdapter:
             **self.language_model_inputs(inputs_embeds),
             attention_mask=torch.ones((1, n), dtype=torch.long, device=device),
             position_ids=position_ids,
-            cache=cache,
+            **{CACHE_KEYWORD: cache},
             use_cache=True,
         )
         generated: list[int] = []
@@ -546,7 +547,7 @@ class QwenVLAdapter:
                 inputs_embeds=self.embed_tokens(token),
                 attention_mask=torch.ones((1, n + step + 1), dtype=torch.long, device=device),
                 position_ids=_text_positions_after(position_ids, step),
-                cache=cache,
+                **{CACHE_KEYWORD: cache},
                 use_cache=True,
             )
         return self.tokenizer.decode(generated, skip_special_tokens=True).strip()
