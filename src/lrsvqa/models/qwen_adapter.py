@@ -45,6 +45,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
+from lrsvqa.errors import OptionError
 from lrsvqa.models.adapter import VisionTokenOptions
 from lrsvqa.models.adapter_base import PromptParts, VisionLanguageAdapter
 from lrsvqa.models.deepstack import language_model_inputs, widen
@@ -208,12 +209,14 @@ class QwenVLAdapter(VisionLanguageAdapter[QwenVLOptions]):
         """The LLaVA token options do not apply: only their neutral values are accepted.
 
         Raises:
-            ValueError: Pooling or row-end tokens asked of a Qwen-VL model.
+            OptionError: Pooling or row-end tokens asked of a Qwen-VL model (a
+                ``ValueError``; the CLI reports it in one line).
         """
         if hr_pool not in (None, 1) or newline:
-            raise ValueError(
-                "Qwen-VL models merge 2 x 2 patches themselves and have no row-end tokens: "
-                "hr_pool and newline do not apply"
+            raise OptionError(
+                "hr_pool" if hr_pool not in (None, 1) else "newline",
+                "does not apply: Qwen-VL models merge 2 x 2 patches themselves and have no "
+                "row-end tokens",
             )
         return self
 
