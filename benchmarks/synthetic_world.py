@@ -13,15 +13,18 @@ Answers (and ``results.json``) are kept in the cache folder, one sub-folder per 
 model and one file per row's options, so an interrupted run resumes and a new recipe
 starts afresh.
 
-    python benchmarks/synthetic_world.py [--questions 300] [--scenes 20] [--only fullres]
-        [--alpha 0.1] [--max-tiles 80] [--seed 7] [--max-aspect 4] [--grid-tiles 144]
+    python benchmarks/synthetic_world.py [--questions 400] [--scenes 24] [--only fullres]
+        [--min-side 8192] [--max-side 32768] [--max-aspect 8] [--objects 8,16] [--seed 7]
+        [--alpha 0.1] [--max-tiles 80] [--grid-tiles 144]
         [--ablations] [--fullres] [--model DIR [--rfm DIR]] [--markdown docs/results/FILE.md]
 
 Rows: thumbnail; anyres-p4/p9/p25; the paper's Tab. 3/4 peers (VisionZip, PruMerge++,
 FastV, PDrop) on an anyres-p144 grid; full resolution (``--fullres``, where it fits);
-c2f-nodip; c2f with the distilled RFM and training-free; with ``--ablations`` the
-paper's Tab. 5 (RFM pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP of a
-fixed depth 2-5 against the dynamic one).
+for a Qwen-VL ``--model``, ``native`` (its own dynamic resolution under Qwen2-VL's
+recommended 1280 x 28 x 28 px budget, the paper's Fig. 5 setting); c2f-nodip; c2f with
+the distilled RFM and training-free; with ``--ablations`` the paper's Tab. 5 (RFM
+pruning without DIP at retain ratios 25-90%) and Tab. 6 (DIP of a fixed depth 2-5
+against the dynamic one).
 
 ``--only`` runs some strategies (by name, comma-separated), e.g. full resolution in one
 process and the rest in another, and prints the table of what it ran; a last run
@@ -44,12 +47,15 @@ from rich.table import Table
 from lrsvqa.app.shipped import resolve_default_model
 from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
-from lrsvqa.bench.templates import generate_questions
+from lrsvqa.bench.templates import REFERENCE_KINDS, generate_questions
 from lrsvqa.labels import LabeledObject
+from lrsvqa.models.auto import checkpoint_model_type
+from lrsvqa.models.qwen_adapter import is_qwen_vl
 from lrsvqa.synthetic.world import generate_world
 from lrsvqa.types import write_lrsvqa_jsonl
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "synthetic_world"
+KINDS = (*REFERENCE_KINDS, "count")  # how a question finds its object; count names none
 CATEGORIES = (
     "object color",
     "object category",
@@ -66,8 +72,38 @@ def _kind(record: dict) -> str:
     return record.get("reference_kind", "count")
 
 
+def _round_robin(queues: list[list[dict]], limit: int) -> list[dict]:
+    """Up to ``limit`` records, the next of each queue in turn, so no queue crowds the rest."""
+    taken: list[dict] = []
+    while len(taken) < limit and any(queues):
+        for queue in queues:
+            if queue and len(taken) < limit:
+                taken.append(queue.pop(0))
+    return taken
+
+
+def sample_by_kind(per_scene: list[list[dict]], limit: int) -> list[dict]:
+    """``limit`` questions, each kind an equal share, round-robin over the scenes.
+
+    Every reference kind and count gets ``limit // len(KINDS)`` (the first kinds one
+    more for the remainder), so each is a quarter of the benchmark and can be scored on
+    its own; a kind that the scenes cannot fill leaves its shortfall to the others.
+    Within a scene, questions keep their template order, which alternates categories.
+    """
+    queues = {kind: [[q for q in qs if _kind(q) == kind] for qs in per_scene] for kind in KINDS}
+    share, remainder = divmod(limit, len(KINDS))
+    records = [
+        record
+        for index, kind in enumerate(KINDS)
+        for record in _round_robin(queues[kind], share + (index < remainder))
+    ]
+    # The shortfall: scene by scene, the kinds in turn.
+    leftovers = [queue for scene in zip(*queues.values(), strict=True) for queue in scene]
+    return records + _round_robin(leftovers, limit - len(records))
+
+
 def benchmark_questions(world: Path, manifest: dict, limit: int, seed: int) -> Path:
-    """Template questions over the held-out scenes, round-robin so every scene counts."""
+    """Template questions over the held-out scenes, an equal share per kind, in one file."""
     per_scene = []
     for index, entry in enumerate(manifest["scenes"]):
         labels = json.loads((world / entry["labels"]).read_text())
@@ -82,16 +118,7 @@ def benchmark_questions(world: Path, manifest: dict, limit: int, seed: int) -> P
                 max_per_image=None,
             )
         )
-    # Round-robin over scenes; from each, the question of the reference kind asked least
-    # so far (count questions are a kind of their own), so every kind gets its share.
-    records: list[dict] = []
-    asked: Counter[str] = Counter()
-    while len(records) < limit and any(per_scene):
-        for questions in per_scene:
-            if questions and len(records) < limit:
-                pick = min(range(len(questions)), key=lambda i: asked[_kind(questions[i])])
-                asked[_kind(questions[pick])] += 1
-                records.append(questions.pop(pick))
+    records = sample_by_kind(per_scene, limit)
     records.sort(key=lambda r: r["image"])  # questions on one image share its prepared pyramid
     for number, record in enumerate(records):
         record["question_id"] = f"SYN_{number}"  # one subset, "SYN"
@@ -100,14 +127,22 @@ def benchmark_questions(world: Path, manifest: dict, limit: int, seed: int) -> P
     return path
 
 
+def _object_range(text: str) -> tuple[int, int]:
+    """``MIN,MAX`` objects per scene, for ``--objects``."""
+    low, high = (int(part) for part in text.split(","))
+    return low, high
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=300)
-    parser.add_argument("--scenes", type=int, default=20)
-    parser.add_argument("--min-side", type=int, default=8192)
-    parser.add_argument("--max-side", type=int, default=32768)
+    parser.add_argument("--questions", type=int, default=400)
+    parser.add_argument("--scenes", type=int, default=24)
+    parser.add_argument("--min-side", type=int, default=8192, help="shortest long side")
+    parser.add_argument("--max-side", type=int, default=32768, help="longest long side")
     parser.add_argument("--seed", type=int, default=7, help="benchmark world seed")
-    parser.add_argument("--max-aspect", type=float, default=4.0, help="long over short side, up to")
+    parser.add_argument("--max-aspect", type=float, default=8.0, help="long over short side, up to")
+    # 8-16 objects: enough categories per scene for a quarter of count questions
+    parser.add_argument("--objects", type=_object_range, default=(8, 16), help="MIN,MAX per scene")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--max-tiles", type=int, default=80, help="c2f N_max")
     parser.add_argument("--out", type=Path, default=CACHE)
@@ -131,17 +166,22 @@ def main() -> None:
         max_side=args.max_side,
         seed=args.seed,
         split="bench",
+        objects=args.objects,
         max_aspect=args.max_aspect,
         log=console.print,
     )
     world = args.out / "world" / "bench"
     questions = benchmark_questions(world, manifest, args.questions, args.seed)
+    asked = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+    console.print(f"{len(asked)} questions by kind: {dict(Counter(map(_kind, asked)))}")
+    console.print(f"by category: {dict(Counter(r['category'] for r in asked))}")
     model_dir = args.model or trained.model_dir
     rfm_dir = args.rfm or (trained.rfm_dir if args.model is None else None)
     model = {"model_path": str(model_dir), "max_new_tokens": 8}
     c2f = {"alpha": args.alpha, "max_tiles": args.max_tiles}
     rfm = {"rfm_path": str(rfm_dir)} if rfm_dir else {}
-    runs = benchmark_runs(c2f, rfm, args.grid_tiles, args.ablations, args.fullres)
+    native = is_qwen_vl(checkpoint_model_type(model_dir) or "")
+    runs = benchmark_runs(c2f, rfm, args.grid_tiles, args.ablations, args.fullres, native)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     known = {strategy for strategy, _ in runs.values()}
     if only - known:
@@ -199,9 +239,12 @@ def main() -> None:
 
 
 def benchmark_runs(
-    c2f: dict, rfm: dict, grid_tiles: int, ablations: bool, fullres: bool
+    c2f: dict, rfm: dict, grid_tiles: int, ablations: bool, fullres: bool, native: bool = False
 ) -> dict[str, tuple[str, dict]]:
-    """Every row: label -> (strategy, options). The paper's peers run on a ``grid_tiles`` grid."""
+    """Every row: label -> (strategy, options). The paper's peers run on a ``grid_tiles`` grid.
+
+    ``native`` (a Qwen-VL model's own dynamic resolution) only where the model has one.
+    """
     grid = {"grid_tiles": grid_tiles}
     runs: dict[str, tuple[str, dict]] = {
         "thumbnail": ("thumbnail", {}),
@@ -215,6 +258,8 @@ def benchmark_runs(
     }
     if fullres:
         runs["full resolution"] = ("fullres", {"max_tiles": 700})
+    if native:
+        runs["native"] = ("native", {})
     runs[f"c2f-nodip (p{grid_tiles})"] = ("c2f-nodip", {**rfm, **grid, "alpha": c2f["alpha"]})
     if rfm:
         runs["c2f (distilled RFM)"] = ("c2f", {**rfm, **c2f})

@@ -107,15 +107,7 @@ def test_sampler_keeps_target_tokens(built, home):
     from lrsvqa.imagery.tiles import PyramidReader
     from lrsvqa.synthetic.world import generate_world
 
-    manifest = generate_world(
-        built.root / "world",
-        num_scenes=MINI.train_scenes,
-        min_side=MINI.min_side,
-        max_side=MINI.max_side,
-        seed=MINI.world_seed,
-        split="train",
-        objects=MINI.objects_per_scene,
-    )
+    manifest = generate_world(built.root / "world", **MINI.world_options())
     entry = manifest["scenes"][0]
     split = built.root / "world" / "train"
     objects = [

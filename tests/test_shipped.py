@@ -90,7 +90,7 @@ def test_the_shipped_default_was_trained_by_the_code_recipe() -> None:
     manifest = read_manifest(SHIPPED_DIR)
     assert manifest is not None, f"no shipped default in {SHIPPED_DIR}"
     config = DefaultModelConfig()
-    assert manifest["recipe"] == json.loads(json.dumps(config.__dict__))
+    assert manifest["recipe"] == json.loads(json.dumps(config.recipe()))
     assert shipped_default(config) is not None  # keys and every checksum
 
 

@@ -8,12 +8,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lrsvqa.app.cli import app
+from lrsvqa.app.default_model import DefaultModelConfig
 from lrsvqa.labels import read_json_labels
 from lrsvqa.synthetic import Scene, SceneSpec, generate_scene, generate_world, world_specs
 from lrsvqa.synthetic import world as world_module
+from lrsvqa.synthetic.scene import MIN_SIDE
+
+# Sizes of the shipped recipe's training scenes (world seed 1) and of world
+# seed 7, drawn by the code before the long side alone was bounded: the shipped model
+# was trained on these, so its recipe must keep drawing them.
+TRAINING_SIZES = {  # height x width
+    1: "3072x3691 6004x4363 5403x5217 4042x5485 3202x3148 4348x5715 3761x3072 3671x3884 "
+    "4114x4258 3304x3072 3072x3610 4910x5672 4558x4859 5491x4502 3721x5482 4039x5881",
+    7: "3421x4927 4562x3236 4724x5343 3665x5043 5581x3926 3434x4925 4267x5431 5103x6017 "
+    "6097x4219 4929x4032 4371x5950 3072x3524 5982x4313 5898x6141 5132x4782 3798x5022",
+}
+TRAINING_SCENE_SEEDS = {1: [376697541, 111408476, 1765919889, 274229009]}  # the first four
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +79,50 @@ def test_world_specs_are_stable_prefixes_and_differ_by_split() -> None:
         assert max(spec.height, spec.width) / min(spec.height, spec.width) <= 1.5 + 1e-3
     with pytest.raises(ValueError, match="min_side"):
         world_specs(1, min_side=1024, max_side=4096, seed=0, split="test")
+
+
+def test_the_training_world_keeps_its_scenes() -> None:
+    for seed, sizes in TRAINING_SIZES.items():
+        specs = world_specs(**DefaultModelConfig(world_seed=seed).world_options())
+        assert [f"{spec.height}x{spec.width}" for spec in specs] == sizes.split()
+        first = TRAINING_SCENE_SEEDS.get(seed, [])
+        assert [spec.seed for spec in specs[: len(first)]] == first
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    low=st.integers(MIN_SIDE, 40_000),
+    span=st.integers(0, 40_000),
+    max_aspect=st.floats(1.0, 12.0),
+    extreme_every=st.integers(0, 5),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_drawn_size_respects_the_bounds_and_aspect(
+    low: int, span: int, max_aspect: float, extreme_every: int, seed: int
+) -> None:
+    args = {"min_side": low, "max_side": low + span, "max_aspect": max_aspect, "seed": seed}
+    specs = world_specs(9, split="bench", extreme_every=extreme_every, **args)
+    assert specs == world_specs(9, split="bench", extreme_every=extreme_every, **args)
+    for index, spec in enumerate(specs):
+        long_side, short_side = max(spec.height, spec.width), min(spec.height, spec.width)
+        assert low <= long_side <= low + span
+        assert short_side >= MIN_SIDE
+        assert short_side >= long_side / max_aspect - 0.5  # the ratio, up to rounding
+        if extreme_every and index % extreme_every == 0:
+            # as elongated as the bounds allow: the full ratio, or the short side floored
+            assert short_side in (round(long_side / max_aspect), MIN_SIDE)
+            assert short_side == MIN_SIDE or long_side >= max_aspect * MIN_SIDE
+
+
+def test_a_benchmark_world_holds_extreme_strips_both_ways() -> None:
+    args = {"min_side": 8192, "max_side": 32768, "seed": 4242, "split": "bench"}
+    specs = world_specs(8, max_aspect=8.0, **args)
+    wide = [s for s in specs if s.width / s.height >= 7.9]
+    tall = [s for s in specs if s.height / s.width >= 7.9]
+    assert wide and tall
+    assert [(s.height, s.width) for s in specs] == [
+        (s.height, s.width) for s in world_specs(8, max_aspect=8.0, **args)
+    ]
 
 
 def test_object_range_sets_the_count_and_leaves_the_layout_alone() -> None:

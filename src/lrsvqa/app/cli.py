@@ -741,20 +741,36 @@ def build_default(
         None, "-o", "--out", help="Write the shipped layout (model, RFM, manifest) here."
     ),
     smoke: bool = typer.Option(False, help="A shortened recipe of the same code path (CI)."),
+    architecture: str | None = typer.Option(
+        None, help="Model the recipe trains: llava-next (the recipe's) or qwen2-vl."
+    ),
+    sft_steps: int | None = typer.Option(
+        None, min=1, help="SFT steps instead of the recipe's (a shorter build; another hash)."
+    ),
 ) -> None:
     """Retrain the embedded default from scratch with the code's recipe.
 
     The full recipe takes about 80 minutes on 2 cores; an interrupted build resumes at
     the stage it lost. The build cache is OUT/build (or $LRSVQA_HOME without --out);
     OUT then holds what `lrsvqa demo` loads when it is copied to
-    src/lrsvqa/app/shipped_default.
+    src/lrsvqa/app/shipped_default. `--architecture qwen2-vl` trains a tiny Qwen2-VL
+    with the same recipe (retained tokens keep their 2-D positions; docs/qwen.md).
 
     Example: lrsvqa build-default --out outputs/default
     """
+    from dataclasses import replace
+
     from lrsvqa.app.default_model import DefaultModelConfig, build_default_model
     from lrsvqa.app.shipped import SMOKE_RECIPE, export_default
 
-    config = SMOKE_RECIPE if smoke else DefaultModelConfig()
+    changes = {"architecture": architecture, "sft_steps": sft_steps}
+    try:
+        config = replace(
+            SMOKE_RECIPE if smoke else DefaultModelConfig(),
+            **{key: value for key, value in changes.items() if value is not None},
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--architecture") from error
     trained = build_default_model(out / "build" if out else None, config, log=typer.echo)
     typer.echo(f"model: {trained.model_dir}\nRFM: {trained.rfm_dir}")
     if out is not None:

@@ -1,4 +1,4 @@
-"""The embedded default: a tiny LLaVA-NeXT trained here on the synthetic world.
+"""The embedded default: a tiny LLaVA-NeXT (or Qwen2-VL) trained here on the synthetic world.
 
 No pretrained weights can be downloaded, so the demo and the synthetic benchmark use a
 tiny model trained from scratch on CPU: synthetic training scenes, template QA from
@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from lrsvqa.bench.templates import display_name, generate_questions, plural
-from lrsvqa.imagery.pyramid import PAPER_TEXT_DIP_RULE
+from lrsvqa.imagery.pyramid import DEFAULT_TILE_SIZE, PAPER_TEXT_DIP_RULE
 from lrsvqa.imagery.tiles import PyramidReader
 from lrsvqa.labels import LabeledObject
 from lrsvqa.models.adapter import LlavaAdapter
+from lrsvqa.models.qwen_adapter import QwenVLAdapter
 from lrsvqa.models.tiny import build_tiny_llava, save_tiny_llava
+from lrsvqa.models.tiny_qwen import build_tiny_qwen_vl, save_tiny_qwen_vl
 from lrsvqa.synthetic.facilities import FACILITY_KINDS
 from lrsvqa.synthetic.objects import CATEGORIES, COLORS
 from lrsvqa.synthetic.scene import SceneSpec, candidate_placements, generate_scene
@@ -44,6 +46,13 @@ RFM_DIRNAME = "rfm"
 RECIPE_DIP_RULE = PAPER_TEXT_DIP_RULE
 SFT_CHECKPOINTS_DIRNAME = "sft_checkpoints"
 SFT_SAVE_EVERY = 200  # steps between SFT checkpoints; a stopped build resumes at the last
+LLAVA_NEXT = "llava-next"
+QWEN2_VL = "qwen2-vl"
+ARCHITECTURES = (LLAVA_NEXT, QWEN2_VL)
+# The tiny Qwen2-VL's patches: its 2 x 2 merger makes one LLM token of 42 px and a 336 px
+# tile (DEFAULT_TILE_SIZE, recorded in its config) 8 x 8 tokens, the ground and token count
+# of the LLaVA default's 42 px CLIP patches, so the two differ in positions, not in pixels.
+QWEN_PATCH_SIZE = 21
 
 
 def default_home() -> Path:
@@ -85,6 +94,12 @@ class DefaultModelConfig:
     The RFM layers are a sparse subset of the 6 LLM layers (like the paper's 1, 5, 11,
     14 of 28): skipping layers is what makes the RFM cheap and what distillation must
     compensate for; pairs map RFM layer index -> LLM layer (first and last).
+
+    ``architecture`` is the model the recipe trains: ``"llava-next"`` (the shipped
+    default) or ``"qwen2-vl"``, a tiny Qwen2-VL of the same widths and depth whose
+    retained tokens keep their 2-D M-RoPE positions (``QWEN_PATCH_SIZE``). It enters
+    the SFT hash only when it is not ``"llava-next"``, so the recipes hashed before the
+    field existed (the shipped default's) keep their hashes.
     """
 
     train_scenes: int = 16
@@ -120,18 +135,55 @@ class DefaultModelConfig:
     distill_pairs: tuple[tuple[int, int], ...] = ((0, 0), (2, 5))
     distill_steps: int = 400
     distill_lr: float = 1e-4
+    architecture: str = LLAVA_NEXT
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}"
+            )
 
     def _hash(self, fields: dict[str, Any]) -> str:
         text = json.dumps({**fields, "world_version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
+    def recipe(self) -> dict[str, Any]:
+        """The fields as hashed and written to manifests.
+
+        ``architecture`` is left out at its LLaVA-NeXT value, so a recipe from before the
+        field existed (the shipped default's) reads and hashes as it did.
+        """
+        fields = asdict(self)
+        if self.architecture == LLAVA_NEXT:
+            del fields["architecture"]
+        return fields
+
     def sft_key(self) -> str:
         """Hash of what the trained model depends on."""
-        return self._hash({k: v for k, v in asdict(self).items() if k not in DISTILL_FIELDS})
+        return self._hash({k: v for k, v in self.recipe().items() if k not in DISTILL_FIELDS})
 
     def distill_key(self) -> str:
         """Hash of what the distilled RFM depends on (beyond the model)."""
-        return self._hash({k: v for k, v in asdict(self).items() if k in DISTILL_FIELDS})
+        return self._hash({k: v for k, v in self.recipe().items() if k in DISTILL_FIELDS})
+
+    def world_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`generate_world` for the training split.
+
+        The shipped model was trained on scenes whose short side is also at least
+        ``min_side`` and with no scene forced to the largest aspect ratio (the draw of
+        world v4 before it grew extreme strips): both are pinned here, so the recipe's
+        hash still names the scenes it was trained on.
+        """
+        return {
+            "num_scenes": self.train_scenes,
+            "min_side": self.min_side,
+            "max_side": self.max_side,
+            "seed": self.world_seed,
+            "split": "train",
+            "objects": self.objects_per_scene,
+            "min_short_side": self.min_side,
+            "extreme_every": 0,
+        }
 
 
 @dataclass(frozen=True)
@@ -143,7 +195,7 @@ class DefaultModel:
 
     @property
     def model_dir(self) -> Path:
-        """``save_pretrained`` folder of the LLaVA-NeXT model."""
+        """``save_pretrained`` folder of the trained model."""
         return self.root / MODEL_DIRNAME
 
     @property
@@ -253,15 +305,7 @@ def build_default_model(
 def _training_split(world_dir: Path, config: DefaultModelConfig, log: Callable[[str], None]):
     """The training world (generated once): its manifest, scenes, records and raw questions."""
     log(f"training scenes: {config.train_scenes} in {world_dir} (reused when present)")
-    manifest = generate_world(
-        world_dir,
-        num_scenes=config.train_scenes,
-        min_side=config.min_side,
-        max_side=config.max_side,
-        seed=config.world_seed,
-        split="train",
-        objects=config.objects_per_scene,
-    )
+    manifest = generate_world(world_dir, **config.world_options())
     return manifest, *_load_split(manifest, world_dir / "train", config)
 
 
@@ -272,15 +316,8 @@ def _train_default(
     torch.manual_seed(config.seed)
     started = time.time()
     manifest, scenes, records, raw = _training_split(world_dir, config, log)
-    log(f"{len(records)} template questions; training the tiny LLaVA-NeXT from scratch")
-    model, processor = build_tiny_llava(
-        vocabulary(raw),
-        hidden_size=config.hidden_size,
-        vision_hidden_size=config.vision_hidden_size,
-        num_layers=config.num_layers,
-        seed=config.seed,
-    )
-    adapter = LlavaAdapter(model, processor)
+    log(f"{len(records)} template questions; training the tiny {config.architecture} from scratch")
+    adapter = _tiny_model(config, vocabulary(raw))
     heads = config.token_loss_weight > 0
     layouts = None
     if config.added_objects[1] > 0:
@@ -333,7 +370,8 @@ def _train_default(
     )
     for reader, _ in scenes:
         reader.close()
-    save_tiny_llava(adapter.model, adapter.processor, result.model_dir)
+    save = save_tiny_qwen_vl if config.architecture == QWEN2_VL else save_tiny_llava
+    save(adapter.model, adapter.processor, result.model_dir)
     report = {
         "config": asdict(config),
         "questions": len(records),
@@ -347,6 +385,30 @@ def _train_default(
         f"SFT done: loss {report['sft_loss_first']:.3f} -> {report['sft_loss_last']:.3f} "
         f"in {report['sft_seconds']:.0f} s"
     )
+
+
+def _tiny_model(config: DefaultModelConfig, words: list[str]) -> LlavaAdapter | QwenVLAdapter:
+    """The recipe's untrained model in its adapter, LLaVA-NeXT or Qwen2-VL."""
+    if config.architecture == QWEN2_VL:
+        model, processor = build_tiny_qwen_vl(
+            words,
+            kind="qwen2_vl",
+            num_layers=config.num_layers,
+            hidden_size=config.hidden_size,
+            vision_width=config.vision_hidden_size,
+            patch_size=QWEN_PATCH_SIZE,
+            seed=config.seed,
+        )
+        model.config.tile_size = DEFAULT_TILE_SIZE  # read back by QwenVLOptions.from_config
+        return QwenVLAdapter(model, processor)
+    model, processor = build_tiny_llava(
+        words,
+        hidden_size=config.hidden_size,
+        vision_hidden_size=config.vision_hidden_size,
+        num_layers=config.num_layers,
+        seed=config.seed,
+    )
+    return LlavaAdapter(model, processor)
 
 
 def _distill_default(

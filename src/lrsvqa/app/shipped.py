@@ -16,7 +16,6 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,7 @@ def export_default(
         )
     report = trained.report
     manifest = {
-        "recipe": asdict(config),
+        "recipe": config.recipe(),
         "sft_key": config.sft_key(),
         "distill_key": config.distill_key(),
         "world_generator_version": GENERATOR_VERSION,

@@ -28,23 +28,25 @@ from lrsvqa.types import Box, read_lrsvqa_jsonl
 
 MME_RS_SUBSET = "MME-RealWorld-RS"
 
-#: Prompt templates for multiple-choice items. ``official`` is MME-RealWorld's
-#: evaluation prompt; ``paper`` drops its last line ("The best answer is:"), as the
-#: paper does because Vicuna-1.5 models otherwise tend to answer "A" every time.
+#: Prompt templates for multiple-choice items, each as its script writes it, spaces and
+#: newlines included. ``official`` is MME-RealWorld's evaluation prompt
+#: (``evaluation/model_vqa_mme_real_world.py``); ``paper`` is the LRS-VQA authors'
+#: (``LRS-VQA-Code/llava/eval/model_vqa_mme_realworld.py``), which drops the last line
+#: ("The best answer is:"), as the paper does because Vicuna-1.5 models otherwise tend to
+#: answer "A" every time, and puts a blank line before the options.
 #: Any template with ``{question}``, ``{options}`` (one ``(X) text`` line per option)
 #: and optionally ``{letters}`` (``"A, B, C, D, or E"``) can be used instead.
+_MME_INSTRUCTION = (
+    "Select the best answer to the above multiple-choice question based on the image. "
+    "Respond with only the letter ({letters}) of the correct option."
+)
 MME_PROMPTS: dict[str, str] = {
     "official": (
-        "{question} The choices are listed below:\n{options}\n"
-        "Select the best answer to the above multiple-choice question based on the image. "
-        "Respond with only the letter ({letters}) of the correct option.\n"
-        "The best answer is:"
+        "{question} The choices are listed below: \n{options}\n"
+        + _MME_INSTRUCTION
+        + "\nThe best answer is:"
     ),
-    "paper": (
-        "{question} The choices are listed below:\n{options}\n"
-        "Select the best answer to the above multiple-choice question based on the image. "
-        "Respond with only the letter ({letters}) of the correct option."
-    ),
+    "paper": "{question} The choices are listed below: \n\n{options}\n" + _MME_INSTRUCTION,
 }
 
 
@@ -243,7 +245,9 @@ def load_mme_realworld(path: Path, prompt: str = "official") -> list[BenchItem]:
         prompt: A key of :data:`MME_PROMPTS` or a template string.
 
     Raises:
-        ValueError: Unreadable item, unknown prompt, or duplicate ids.
+        ValueError: Unknown prompt.
+        QuestionFileError: ``file: item N: ...`` for a file that is not a JSON list, an
+            unreadable item, or a repeated id.
     """
     template = mme_prompt_template(prompt)
     try:
@@ -299,6 +303,8 @@ def _mme_item(row: Mapping[str, Any], index: int, template: str) -> BenchItem:
     listed = _field(fields, "choices", default=None)
     if listed is None:
         listed = {key: fields[key] for key in fields if len(key) == 1 and key.isalpha()}
+    elif isinstance(listed, str):  # would otherwise be read as one option per character
+        raise ValueError("answer choices are one string, not a list or a mapping")
     choices = parse_choices(listed)
     if len(choices) < 2:
         raise ValueError("fewer than two answer options")

@@ -30,8 +30,12 @@ Open-ended answers (LRS-VQA, synthetic) are scored under one of two rules
      whole number, the answer is that number (``there are 3 ships`` -> ``3``;
      ``3 or 4`` keeps two numbers and stays wrong).
 
-Multiple-choice answers are reduced to an option letter by :func:`extract_choice`
-and compared with the ground-truth letter under both rules.
+Multiple-choice answers (MME-RealWorld-RS) are reduced to an option letter and
+compared with the ground-truth letter: under ``rule="paper"`` by :func:`paper_choice`,
+the rule of MME-RealWorld's scorer (``evaluation/eval_your_results.py``), which the
+LRS-VQA authors run on their MME-RealWorld-RS answers, to the letter; under
+``rule="normalised"`` by :func:`extract_choice`, which takes no capital inside a word
+for a letter ("Blue" is not B) and also reads option text.
 
 Localisation: an item's object box (``hbox``) counts as found when its centre lies
 inside one of the boxes the strategy selected, or when at least half of its area is
@@ -190,6 +194,53 @@ def extract_choice(text: str, choices: Sequence[str]) -> str:
     return ""
 
 
+#: What MME-RealWorld's scorer deletes from an answer before looking for a letter, as its
+#: list evaluates: two pairs of its strings have no comma between them, so Python joins
+#: each pair into one string and neither half is deleted on its own.
+MME_ANSWER_PREFIXES = (
+    "The best answer is",
+    "The correct answer is",
+    "The answer is",
+    "The answer",
+    "The best option isThe correct option is",
+    "Best answer:Best option:",
+)
+#: More words than this and no capital A-E: MME-RealWorld's scorer reads no letter.
+MME_WORD_LIMIT = 10
+_MME_LETTER = re.compile(r"[ABCDE]")
+
+
+def paper_choice(text: str, choices: Sequence[str]) -> str:
+    """The option letter MME-RealWorld's scorer reads from an answer, ``""`` for none.
+
+    Its rule to the letter, quirks included, so that scores compare with the paper's:
+
+    1. the answer is stripped and every occurrence of each of
+       :data:`MME_ANSWER_PREFIXES` is deleted, in that order;
+    2. the first capital ``A``-``E`` anywhere is the letter (``"Blue"`` picks B);
+    3. without one, an answer of more than :data:`MME_WORD_LIMIT` words picks nothing;
+    4. else the first option, written ``(X) text`` and lower-cased, that contains the
+       lower-cased answer gives its letter; an empty answer is in every option and
+       picks A.
+    """
+    answer = text.strip()
+    for prefix in MME_ANSWER_PREFIXES:
+        answer = answer.replace(prefix, "")
+    found = _MME_LETTER.search(answer)
+    if found:
+        return found.group()
+    if len(answer.split()) > MME_WORD_LIMIT:
+        return ""
+    for letter, option in zip(string.ascii_uppercase, choices, strict=False):
+        if answer.lower() in f"({letter}) {option}".lower():
+            return letter
+    return ""
+
+
+#: How each scoring rule reads the option letter of a multiple-choice answer.
+CHOICE_READERS = {PAPER_RULE: paper_choice, NORMALISED_RULE: extract_choice}
+
+
 def _choice_by_text(text: str, choices: Sequence[str]) -> str:
     """Letter of the option whose text the answer equals or uniquely contains."""
     answer = normalize_answer(text)
@@ -300,9 +351,10 @@ def score_record(
     if error:
         by_rule = dict.fromkeys(RULES, False)
     elif item.is_multiple_choice:
-        by_rule = dict.fromkeys(
-            RULES, extract_choice(prediction, item.choices) == item.ground_truth
-        )
+        by_rule = {
+            name: CHOICE_READERS[name](prediction, item.choices) == item.ground_truth
+            for name in RULES
+        }
     else:
         by_rule = {name: is_correct(prediction, item.ground_truth, name) for name in RULES}
     boxes = [tuple(box) for box in record.get("selected_boxes") or []]

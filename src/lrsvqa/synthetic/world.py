@@ -15,6 +15,7 @@ scene so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections.abc import Callable
@@ -39,6 +40,10 @@ TILE_SIZE = 512
 # fraction of the time, which dominates the cost of writing a 30k scene.
 COMPRESSION_LEVEL = 1
 MAX_ASPECT = 1.5
+# Every this many scenes of a world (the first, then every 4th) is drawn at exactly the
+# largest aspect ratio the bounds allow, alternating wide and tall, so a world with a
+# large ``max_aspect`` always holds its extreme strips instead of leaving them to chance.
+EXTREME_EVERY = 4
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -90,22 +95,43 @@ def world_specs(
     split: str,
     objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
     max_aspect: float = MAX_ASPECT,
+    min_short_side: int = MIN_SIDE,
+    extreme_every: int = EXTREME_EVERY,
 ) -> list[SceneSpec]:
     """Specs of a world's scenes; scene ``i`` does not depend on ``num_scenes``.
 
-    The long side is uniform in ``[min_side, max_side]``, the aspect ratio up to
-    ``max_aspect`` (either orientation; 8 gives strips like 32,768 x 4,096); the
-    split name is hashed into the seed so that splits with the same ``seed`` hold
-    different scenes. ``objects`` is the range of the object count per scene.
+    The long side is uniform in ``[min_side, max_side]`` and the short side is the long
+    one over a ratio uniform in ``[1, max_aspect]`` (either orientation), but never under
+    ``min_short_side``, so the short side of a 32,768 px scene can go down to 4,096 at
+    aspect 8. Scene ``i`` with ``i % extreme_every == 0`` is drawn at exactly
+    ``max_aspect`` (its long side at least ``max_aspect * min_short_side`` where the
+    bounds allow), wide and tall in turn; ``extreme_every=0`` leaves every ratio to
+    chance. The split name is hashed into the seed so that splits with the same
+    ``seed`` hold different scenes. ``objects`` is the range of the object count per
+    scene.
+
+    Raises:
+        ValueError: When the sides are not ordered ``MIN_SIDE <= min_short_side <=
+            min_side <= max_side`` or ``max_aspect < 1``.
     """
-    if not MIN_SIDE <= min_side <= max_side:
-        raise ValueError(f"need {MIN_SIDE} <= min_side <= max_side, got {min_side}, {max_side}")
+    if not MIN_SIDE <= min_short_side <= min_side <= max_side:
+        raise ValueError(
+            f"need {MIN_SIDE} <= min_short_side <= min_side <= max_side, "
+            f"got {min_short_side}, {min_side}, {max_side}"
+        )
+    if max_aspect < 1:
+        raise ValueError(f"need max_aspect >= 1, got {max_aspect}")
     rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+    # The shortest long side at which an extreme scene keeps its short side on the floor.
+    extreme_low = min(max_side, max(min_side, math.ceil(max_aspect * min_short_side)))
     specs = []
-    for _ in range(num_scenes):
-        long_side = int(rng.integers(min_side, max_side + 1))
-        short_side = max(min_side, round(long_side / rng.uniform(1.0, max_aspect)))
-        tall = bool(rng.integers(2))
+    for index in range(num_scenes):
+        extreme = extreme_every > 0 and index % extreme_every == 0
+        low = extreme_low if extreme else min_side
+        long_side = int(rng.integers(low, max_side + 1))
+        ratio = max_aspect if extreme else rng.uniform(1.0, max_aspect)
+        short_side = max(min_short_side, round(long_side / ratio))
+        tall = index // extreme_every % 2 == 1 if extreme else bool(rng.integers(2))
         height, width = (long_side, short_side) if tall else (short_side, long_side)
         specs.append(SceneSpec(int(rng.integers(1 << 31)), height, width, *objects))
     return specs
@@ -140,6 +166,8 @@ def generate_world(
     split: str = "test",
     objects: tuple[int, int] = DEFAULT_OBJECT_RANGE,
     max_aspect: float = MAX_ASPECT,
+    min_short_side: int = MIN_SIDE,
+    extreme_every: int = EXTREME_EVERY,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) a split of synthetic scenes and write its manifest.
@@ -147,12 +175,15 @@ def generate_world(
     Args:
         out_dir: World root; the split goes to ``<out_dir>/<split>/``.
         num_scenes: Number of scenes.
-        min_side: Smallest side length in pixels.
-        max_side: Largest side length in pixels.
+        min_side: Shortest long side in pixels.
+        max_side: Longest long side in pixels.
         seed: World seed.
         split: Split name, e.g. ``"train"`` or ``"test"``.
         objects: Fewest and most objects per scene.
         max_aspect: Largest ratio of long to short side.
+        min_short_side: Shortest short side in pixels.
+        extreme_every: Every this many scenes is drawn at ``max_aspect`` (0: none);
+            see :func:`world_specs`.
         log: Called with one line per scene (written or reused).
 
     Returns:
@@ -171,6 +202,8 @@ def generate_world(
         "min_side": min_side,
         "max_side": max_side,
         "max_aspect": max_aspect,
+        "min_short_side": min_short_side,
+        "extreme_every": extreme_every,
         "scenes": [],
     }
     specs = world_specs(
@@ -181,6 +214,8 @@ def generate_world(
         split=split,
         objects=objects,
         max_aspect=max_aspect,
+        min_short_side=min_short_side,
+        extreme_every=extreme_every,
     )
     for index, spec in enumerate(specs):
         scene_id = f"{split}-{index:04d}"

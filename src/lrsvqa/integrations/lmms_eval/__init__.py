@@ -1,4 +1,4 @@
-r"""lmms-eval integration (``pip install -e '.[lmms]'``): the ``lrsvqa`` model and LRS-VQA tasks.
+r"""lmms-eval integration (``pip install -e '.[lmms]'``): the ``lrsvqa`` model, benchmark tasks.
 
 The model registers through lmms-eval's public model registry, the ``lmms_eval.models``
 entry point (:func:`manifests`), so ``lmms-eval --model lrsvqa`` finds it once lrsvqa is
@@ -8,7 +8,8 @@ installed. Its ``--model_args`` pick the checkpoint, the strategy and its option
         --model_args pretrained=./llava,strategy=c2f,rfm=./rfm,alpha=0.25 \
         --tasks lrs_vqa --include_path tasks/ --log_samples --output_path logs/
 
-The tasks read local files: :func:`lrsvqa.integrations.lmms_eval.task.write_tasks`
+The tasks (LRS-VQA, MME-RealWorld-RS) read local files:
+:func:`lrsvqa.integrations.lmms_eval.task.write_tasks`
 (``python -m lrsvqa.integrations.lmms_eval.task``) writes a task folder for a question file.
 """
 

@@ -1,20 +1,29 @@
-r"""LRS-VQA as lmms-eval tasks on local files, scored with the paper's rule.
+r"""LRS-VQA and MME-RealWorld-RS as lmms-eval tasks on local files, scored with the paper's rule.
 
-:func:`write_tasks` turns a question file (LRS-VQA format: the official
-``LRS_VQA_merged.jsonl`` or the synthetic benchmark's) into a task folder for
-``lmms-eval --include_path``: one task per part (``lrs_vqa_fair``,
-``lrs_vqa_glh_bridge``, ``lrs_vqa_star``; ``NAME_<subset>`` in general), each a JSON
-Lines file of its docs (image paths made absolute against the data root) and a YAML
-config, and a group ``NAME`` of all parts::
+:func:`write_tasks` turns a question file into a task folder for
+``lmms-eval --include_path``: one task per part, ``NAME_<subset>``, each a JSON Lines
+file of its docs (image paths made absolute against the data root) and a YAML config,
+and a group ``NAME`` of all parts.
+
+* LRS-VQA (``--bench lrs-vqa``, the official ``LRS_VQA_merged.jsonl`` or the synthetic
+  benchmark's file): the group ``lrs_vqa`` of ``lrs_vqa_fair``,
+  ``lrs_vqa_glh_bridge``, ``lrs_vqa_star``.
+* MME-RealWorld-RS (``--bench mme-rs``, ``MME_RealWorld_RS.json``): the group
+  ``mme_realworld_rs`` of ``mme_realworld_rs_remote_sensing`` (one part per
+  ``Subtask``), asked with the paper's prompt (:data:`MME_PROMPT`; ``--prompt``
+  chooses another of :data:`lrsvqa.bench.datasets.MME_PROMPTS` or a template).
+
+::
 
     python -m lrsvqa.integrations.lmms_eval.task --questions DIR/LRS_VQA_merged.jsonl \
         --data-root DIR -o tasks/
     lmms-eval --model lrsvqa --model_args pretrained=./llava,strategy=c2f \
         --tasks lrs_vqa --include_path tasks/ --log_samples --output_path logs/
 
-Metrics, under the paper's rule (:func:`lrsvqa.bench.scoring.is_correct`,
-``rule="paper"``) as in the paper's tables, in percent: ``oa`` (overall accuracy: right
-answers over items) and ``aa`` (average accuracy: the mean of the per-category
+Metrics, under the paper's rule (:mod:`lrsvqa.bench.scoring`, ``rule="paper"``: the
+official LRS-VQA script's rule for open-ended answers, MME-RealWorld's letter reading
+for multiple choice) as in the paper's tables, in percent: ``oa`` (overall accuracy:
+right answers over items) and ``aa`` (average accuracy: the mean of the per-category
 accuracies), per part; the group's ``oa`` is the pooled one (the parts' ``oa`` weighted
 by their sizes). Each part's per-category table is printed when lmms-eval aggregates,
 and ``lrsvqa score`` reads the ``--log_samples`` file for the full report.
@@ -29,11 +38,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrsvqa.bench.datasets import load_benchmark, resolve_image
+from lrsvqa.bench.datasets import BENCHMARKS, load_benchmark, resolve_image
 from lrsvqa.bench.reports import ALL, Report, report_to_markdown, score_answers
 
 #: The scoring rule of the tasks: the paper's.
 RULE = "paper"
+#: The prompt of the MME-RealWorld-RS tasks: the paper's (no "The best answer is:").
+MME_PROMPT = "paper"
+#: The benchmark of a question file when none is named.
+DEFAULT_BENCH = "lrs-vqa"
+#: Each benchmark's group name.
+GROUP_NAMES = {"lrs-vqa": "lrs_vqa", "mme-rs": "mme_realworld_rs"}
 _MODULE = "lrsvqa.integrations.lmms_eval.task"
 
 
@@ -43,7 +58,7 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[str]:
 
 
 def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Any = None) -> str:
-    """The question as ``lrsvqa eval`` asks it: the file's ``text``, format hint included."""
+    """The question as ``lrsvqa eval`` asks it (a multiple-choice one with its options)."""
     return doc["text"]
 
 
@@ -56,6 +71,8 @@ def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str,
         "category": doc["category"],
         "subset": doc["subset"],
     }
+    if doc.get("choices"):
+        answer["choices"] = doc["choices"]
     return {"oa": answer, "aa": answer}
 
 
@@ -117,14 +134,25 @@ def _task_yaml(task: str, docs: Path) -> str:
     )
 
 
-def write_tasks(questions: Path, data_root: Path, folder: Path, name: str = "lrs_vqa") -> list[str]:
+def write_tasks(
+    questions: Path,
+    data_root: Path,
+    folder: Path,
+    name: str | None = None,
+    *,
+    bench: str = DEFAULT_BENCH,
+    prompt: str = MME_PROMPT,
+) -> list[str]:
     """Write the task folder of ``questions`` (see the module docstring).
 
     Args:
-        questions: LRS-VQA-format question file.
+        questions: Question file of ``bench``.
         data_root: Folder its image paths are relative to.
         folder: Task folder (created); pass it to ``lmms-eval --include_path``.
-        name: Group name; the parts are ``NAME_<subset>``.
+        name: Group name (default: the benchmark's, :data:`GROUP_NAMES`); the parts
+            are ``NAME_<subset>``.
+        bench: A key of :data:`lrsvqa.bench.datasets.BENCHMARKS`.
+        prompt: Multiple-choice prompt preset or template (``mme-rs`` only).
 
     Returns:
         The part task names, in the order of their first question.
@@ -132,23 +160,26 @@ def write_tasks(questions: Path, data_root: Path, folder: Path, name: str = "lrs
     Raises:
         QuestionFileError: A missing or bad question file.
         UnsafeImagePathError: An image path leaving ``data_root``.
+        ValueError: Unknown benchmark or prompt.
     """
-    items = load_benchmark("lrs-vqa", Path(questions))
+    items = load_benchmark(bench, Path(questions), prompt=prompt)
+    name = name or GROUP_NAMES[bench]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     parts: dict[str, list[dict[str, Any]]] = {}
     for item in items:
-        parts.setdefault(item.subset, []).append(
-            {
-                "question_id": item.question_id,
-                "image": item.image,
-                "image_path": str(resolve_image(Path(data_root), item.image).resolve()),
-                "text": item.question,
-                "ground_truth": item.ground_truth,
-                "category": item.category,
-                "subset": item.subset,
-            }
-        )
+        doc = {
+            "question_id": item.question_id,
+            "image": item.image,
+            "image_path": str(resolve_image(Path(data_root), item.image).resolve()),
+            "text": item.question,
+            "ground_truth": item.ground_truth,
+            "category": item.category,
+            "subset": item.subset,
+        }
+        if item.choices:
+            doc["choices"] = list(item.choices)
+        parts.setdefault(item.subset, []).append(doc)
     tasks = []
     for subset, docs in parts.items():
         task = task_name(name, subset)
@@ -174,14 +205,26 @@ def write_tasks(questions: Path, data_root: Path, folder: Path, name: str = "lrs
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lrsvqa.integrations.lmms_eval.task``: write a task folder."""
-    parser = argparse.ArgumentParser(description="Write lmms-eval LRS-VQA tasks.")
-    parser.add_argument("--questions", type=Path, required=True, help="LRS-VQA question file.")
+    parser = argparse.ArgumentParser(description="Write lmms-eval tasks of a question file.")
+    parser.add_argument("--questions", type=Path, required=True, help="Question file.")
     parser.add_argument("--data-root", type=Path, required=True, help="Image paths' folder.")
     parser.add_argument("-o", "--out", type=Path, required=True, help="Task folder.")
-    parser.add_argument("--name", default="lrs_vqa", help="Group name (default lrs_vqa).")
+    parser.add_argument(
+        "--bench", choices=sorted(BENCHMARKS), default=DEFAULT_BENCH, help=f"({DEFAULT_BENCH})"
+    )
+    parser.add_argument("--name", help="Group name (lrs_vqa / mme_realworld_rs).")
+    parser.add_argument(
+        "--prompt", default=MME_PROMPT, help=f"mme-rs prompt preset or template ({MME_PROMPT})."
+    )
     args = parser.parse_args(argv)
-    tasks = write_tasks(args.questions, args.data_root, args.out, args.name)
-    print(f"wrote {args.name} ({', '.join(tasks)}) to {args.out}")
+    name = args.name or GROUP_NAMES[args.bench]
+    try:
+        tasks = write_tasks(
+            args.questions, args.data_root, args.out, name, bench=args.bench, prompt=args.prompt
+        )
+    except ValueError as error:  # bad input: one line, as the lrsvqa CLI prints it
+        parser.exit(2, f"error: {error}\n")
+    print(f"wrote {name} ({', '.join(tasks)}) to {args.out}")
 
 
 if __name__ == "__main__":
