@@ -1,10 +1,13 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+# .ci/run also tests the transformers floor: VENV=.venv-floor TRANSFORMERS_SPEC=transformers==X.
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # A bare `torch` requirement would pull a multi-GB CUDA build: take the CPU wheel first.
 TORCH_SPEC ?= torch==2.13.0
+# Empty: the newest transformers that pyproject.toml allows and pip can install.
+TRANSFORMERS_SPEC ?=
 
 .PHONY: demo test lint install clean
 
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e '.[dev,geo]'
+	$(BIN)/pip install --quiet -e '.[dev,geo]' $(TRANSFORMERS_SPEC)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,4 +34,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .venv-floor build *.egg-info src/*.egg-info

@@ -12,6 +12,7 @@ from lrsvqa.strategies.c2f import (
     CoarseToFine,
     CoarseToFineConfig,
 )
+from tests.capturing import CapturingC2F
 from tests.tiny_models import ArraySource, random_image, tiny_adapter, vanilla_generate
 
 
@@ -23,26 +24,6 @@ def adapter():
 @pytest.fixture(scope="module")
 def rfm(adapter):
     return RegionFocusModule.from_llm(adapter, training_free=True)
-
-
-class CapturingC2F(CoarseToFine):
-    """Records the embeddings handed to generation."""
-
-    def run(self, source, question):
-        fed = []
-        original = self.adapter.generate
-
-        def capture(embeds, max_new_tokens, **kwargs):
-            fed.append(embeds)
-            return original(embeds, max_new_tokens, **kwargs)
-
-        self.adapter.generate = capture
-        try:
-            result = super().run(source, question)
-        finally:
-            del self.adapter.generate
-        self.fed = fed[0]
-        return result
 
 
 class PlantedC2F(CapturingC2F):

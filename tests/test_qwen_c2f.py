@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lrsvqa.models.rfm import RegionFocusModule
-from lrsvqa.strategies.c2f import CoarseToFine, CoarseToFineConfig
+from lrsvqa.strategies.c2f import CoarseToFineConfig
+from tests.capturing import CapturingC2F
 from tests.qwen_models import QWEN_KINDS, tiny_qwen_adapter
 from tests.tiny_models import ArraySource, random_image
 
@@ -91,26 +92,6 @@ def test_distilled_copy_scores_like_the_training_free_rfm(adapter):
     )
 
 
-class CapturingC2F(CoarseToFine):
-    """Records what generation is given."""
-
-    def run(self, source, question):
-        fed = []
-        original = self.adapter.generate
-
-        def capture(embeds, max_new_tokens, position_ids=None):
-            fed.append((embeds, position_ids))
-            return original(embeds, max_new_tokens, position_ids=position_ids)
-
-        self.adapter.generate = capture
-        try:
-            result = super().run(source, question)
-        finally:
-            del self.adapter.generate
-        self.fed = fed[0]
-        return result
-
-
 def test_c2f_alpha_one_on_one_tile_feeds_thumbnail_and_every_token(adapter):
     rfm = RegionFocusModule.from_llm(adapter, training_free=True)
     image = random_image(448, 448, seed=5)
@@ -118,7 +99,7 @@ def test_c2f_alpha_one_on_one_tile_feeds_thumbnail_and_every_token(adapter):
     c2f = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=1.0, max_new_tokens=6))
     result = c2f.run(source, QUESTION)
     assert result.retained_tokens == adapter.tokens_per_tile == 256
-    embeds, positions = c2f.fed
+    embeds, positions = c2f.fed, c2f.fed_positions
     _, _, expected = _sequence(adapter, tiles=(1, 1))
     assert torch.equal(positions, expected)
     assert result.answer == adapter.generate(embeds, 6, position_ids=positions)
@@ -130,7 +111,7 @@ def test_c2f_retained_tokens_keep_their_level_positions(adapter):
     c2f = CapturingC2F(adapter, rfm, CoarseToFineConfig(alpha=0.1, max_tiles=1, max_new_tokens=2))
     result = c2f.run(source, QUESTION)
     assert result.levels[0].grid == (3, 2) and result.final_level == 1
-    _, positions = c2f.fed
+    positions = c2f.fed_positions
     prompt = adapter.prompt_parts(QUESTION)
     p, g = len(prompt.prefix_ids), adapter.tokens_per_side
     start = p + g  # after the thumbnail's own grid

@@ -1,4 +1,4 @@
-"""``lrsvqa ask/eval/distill/flops`` on a saved tiny Qwen-VL checkpoint, unchanged."""
+"""``lrsvqa ask/eval/distill/sft/flops`` on a saved tiny Qwen-VL checkpoint, unchanged."""
 
 import json
 
@@ -48,6 +48,7 @@ def test_distill_then_ask_with_the_distilled_and_the_training_free_rfm(checkpoin
         assert result.exit_code == 0, result.output
         trace = json.loads(result.stdout)
         assert trace["thumbnail_tokens"] == 256 and trace["retained_tokens"] >= 1
+    assert isinstance(trace["answer"], str)
 
 
 def test_eval_and_flops(checkpoint, tmp_path):
@@ -111,3 +112,38 @@ def test_teacher_rows_with_mrope_equal_eager_weights(checkpoint, data):
             batch.inputs_embeds, batch.query_positions, batch.attention_mask, batch.position_ids
         )
     assert torch.allclose(own[0], rows[0], atol=1e-5)
+
+
+def test_sft_saves_a_checkpoint_that_loads_with_the_qwen_adapter_and_answers(tmp_path):
+    from safetensors.torch import load_file
+
+    from lrsvqa.models.auto import load_adapter
+
+    model, processor = build_tiny_qwen_vl(TOY_WORDS, num_layers=2)
+    base = save_tiny_qwen_vl(model, processor, tmp_path / "model")
+    data = write_toy_dataset(tmp_path / "data", 2, seed=0, size_range=(300, 400))
+    args = ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "out")]
+    args += ["--steps", "2", "--batch-size", "1", "--lr", "3e-3", "--save-every", "0"]
+    runner = CliRunner()
+    pooled = runner.invoke(app, [*args, "--hr-pool", "2"])  # an input error, not a traceback
+    assert pooled.exit_code == 2, pooled.output
+    assert pooled.stderr.splitlines()[-1].startswith("error: hr_pool: does not apply")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["steps"] == 2 and report["conversations"] == 2
+    trained_dir = tmp_path / "out" / "model"
+    first, trained = (load_file(str(d / "model.safetensors")) for d in (base, trained_dir))
+    assert first.keys() == trained.keys()
+    assert any(not torch.equal(first[k], trained[k]) for k in first)
+    adapter = load_adapter(trained_dir)
+    assert isinstance(adapter, QwenVLAdapter) and adapter.tokens_per_side == 16
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (700, 500, 3), np.uint8)).save(
+        tmp_path / "scene.png"
+    )
+    ask = ["ask", str(tmp_path / "scene.png"), "what color is the ship?", "--json"]
+    answered = runner.invoke(app, [*ask, "--model", str(trained_dir), "--max-new-tokens", "3"])
+    assert answered.exit_code == 0, answered.output
+    trace = json.loads(answered.stdout)
+    assert trace["thumbnail_tokens"] == 256 and trace["retained_tokens"] >= 1
+    assert isinstance(trace["answer"], str)

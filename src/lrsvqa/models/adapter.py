@@ -13,6 +13,9 @@ Two architecture choices decide how tiles become LLM tokens
 every high-resolution tile's token grid 2 x 2 (``get_2dPool`` in their
 ``llava_arch.py``; the thumbnail stays unpooled), and row-end (``image_newline``)
 tokens can be left out.
+
+Loading, the LLM's modules and prompt assembly, which Qwen-VL models share, live in
+:class:`lrsvqa.models.adapter_base.VisionLanguageAdapter`.
 """
 
 from __future__ import annotations
@@ -20,24 +23,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-    PreTrainedModel,
-)
+from transformers import PreTrainedModel
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
-from lrsvqa.errors import LrsvqaError, ModelLoadError
-from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
-from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
+from lrsvqa.models.adapter_base import PromptParts, VisionLanguageAdapter
 
 SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "llava_onevision")
 POOL_MODES = ("bilinear", "average", "max")
@@ -94,15 +88,7 @@ class VisionTokenOptions:
         return side // self.hr_pool
 
 
-@dataclass(frozen=True)
-class PromptParts:
-    """Token ids of the text before and after the image placeholder."""
-
-    prefix_ids: torch.Tensor
-    suffix_ids: torch.Tensor
-
-
-class LlavaAdapter:
+class LlavaAdapter(VisionLanguageAdapter[VisionTokenOptions]):
     """Uniform access to the vision tower, projector and LLM of a LLaVA-family model.
 
     ``tokens_per_side`` / ``tokens_per_tile`` describe a high-resolution tile as the LLM
@@ -114,20 +100,14 @@ class LlavaAdapter:
         options: Pooling and row-end tokens (default: what the model's config says).
     """
 
+    family = "LLaVA"
+    model_types = SUPPORTED_MODEL_TYPES
+    vision_tower_name = "vision_tower"  # a CLIP or SigLIP vision model
+
     def __init__(
         self, model: PreTrainedModel, processor, options: VisionTokenOptions | None = None
     ) -> None:
-        model_type = model.config.model_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ModelLoadError(
-                getattr(model.config, "_name_or_path", "") or "model",
-                f"model type {model_type!r} is not a supported LLaVA family "
-                f"({', '.join(SUPPORTED_MODEL_TYPES)})",
-            )
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.config = model.config
+        super().__init__(model, processor)
         vision = self.config.vision_config
         self.tile_size: int = vision.image_size
         self.encoder_tokens_per_side: int = vision.image_size // vision.patch_size
@@ -143,56 +123,6 @@ class LlavaAdapter:
         std = getattr(image_processor, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        dtype: str | torch.dtype = DEFAULT_DTYPE,
-        device: str | torch.device = DEFAULT_DEVICE,
-        attn_implementation: str | None = None,
-        device_map: str | dict[str, Any] | None = None,
-        options: VisionTokenOptions | None = None,
-    ) -> LlavaAdapter:
-        """Load a checkpoint (local folder or hub id) in the requested dtype and device.
-
-        The location is settled first (:func:`resolve_checkpoint`: no network retries
-        for a mistyped name) and local weight files are checked for truncation, so
-        every failure names the folder or file. Remote code is never trusted.
-
-        Args:
-            path: Checkpoint folder or hub id.
-            dtype: Weight dtype name or ``auto`` (:func:`resolve_dtype`).
-            device: Torch device or ``auto`` (:func:`resolve_device`); ignored with
-                ``device_map``.
-            attn_implementation: ``sdpa``, ``eager``, ``flash_attention_2``, ... (None:
-                transformers' choice).
-            device_map: Passed to transformers (e.g. ``auto``: accelerate spreads the
-                weights over the GPUs and the CPU); the model is then not moved.
-            options: Pooling and row-end tokens (default: the checkpoint's).
-
-        Raises:
-            ModelLoadError: Naming the folder, hub id or weight file at fault.
-        """
-        location = resolve_checkpoint(path)
-        if Path(location).is_dir():
-            check_weight_files(Path(location))
-        target = resolve_device(device)
-        try:
-            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
-            processor = AutoProcessor.from_pretrained(location, trust_remote_code=False)
-            model = AutoModelForImageTextToText.from_pretrained(
-                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
-            )
-        except LrsvqaError:
-            raise
-        except (OSError, ValueError, KeyError, SafetensorError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelLoadError(
-                path, f"cannot load a LLaVA model ({type(error).__name__}: {first})"
-            ) from error
-        return cls(model if device_map is not None else model.to(target), processor, options)
 
     def with_options(
         self,
@@ -215,41 +145,11 @@ class LlavaAdapter:
 
     # ------------------------------------------------------------------ modules
     @property
-    def device(self) -> torch.device:
-        """Device of the LLM weights."""
-        return self.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the LLM weights."""
-        return self.embed_tokens.weight.dtype
-
-    @property
-    def language_model(self) -> nn.Module:
-        """The bare decoder (``LlamaModel``/``Qwen2Model``): layers, norm, rotary embedding."""
-        return self.model.model.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        """The LLM's decoder layers."""
-        return self.language_model.layers
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        """The LLM's input embedding table."""
-        return self.model.get_input_embeddings()
-
-    @property
     def image_newline(self) -> torch.Tensor | None:
         """LLaVA-NeXT's learned end-of-row embedding; None for LLaVA-1.5 or without newlines."""
         if not self.options.newline:
             return None
         return getattr(self.model.model, "image_newline", None)
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        """The vision encoder (a CLIP or SigLIP vision model)."""
-        return self.model.model.vision_tower
 
     @property
     def vision_encoder_layers(self) -> nn.ModuleList:
@@ -260,32 +160,6 @@ class LlavaAdapter:
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """The multimodal projector on vision features ``(..., c)``: ``(..., hidden)``."""
         return self.model.model.multi_modal_projector(features)
-
-    @property
-    def lm_head(self) -> nn.Module:
-        """The LLM's projection from hidden states to vocabulary logits."""
-        return self.model.get_output_embeddings()
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        """Token ids that end generation (from the generation config)."""
-        eos = self.model.generation_config.eos_token_id
-        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
-    @property
-    def hidden_size(self) -> int:
-        """LLM hidden size."""
-        return self.config.text_config.hidden_size
-
-    @property
-    def tokens_per_tile(self) -> int:
-        """LLM tokens one high-resolution tile becomes (after pooling)."""
-        return self.tokens_per_side**2
-
-    @property
-    def thumbnail_tokens(self) -> int:
-        """Tokens out of the encoder per view (the thumbnail's count, a tile's before pooling)."""
-        return self.encoder_tokens_per_side**2
 
     # ------------------------------------------------------------------ vision
     def pixel_values(self, tiles: list[np.ndarray]) -> torch.Tensor:
@@ -310,14 +184,14 @@ class LlavaAdapter:
         outputs = []
         for start in range(0, pixel_values.shape[0], batch_size):
             batch = pixel_values[start : start + batch_size]
-            hidden = self.model.model.vision_tower(batch, output_hidden_states=True).hidden_states
+            hidden = self.vision_tower(batch, output_hidden_states=True).hidden_states
             if isinstance(layer, int):
                 features = hidden[layer]
             else:
                 features = torch.cat([hidden[i] for i in layer], dim=-1)
             if strategy == "default":
                 features = features[:, 1:]
-            outputs.append(self.model.model.multi_modal_projector(features))
+            outputs.append(self.project(features))
         return (
             torch.cat(outputs)
             if outputs
@@ -355,10 +229,6 @@ class LlavaAdapter:
             pooled = nn.functional.max_pool2d(grid, stride)
         return pooled.permute(0, 2, 3, 1).reshape(n, self.tokens_per_tile, hidden)
 
-    def encode_hr_tiles(self, tiles: list[np.ndarray]) -> torch.Tensor:
-        """Encode high-resolution tiles into the LLM's tokens (N, tokens_per_tile, hidden)."""
-        return self.pool_tiles(self.encode_tiles(tiles))
-
     # ------------------------------------------------------------------ text
     def prompt_parts(self, question: str) -> PromptParts:
         """Split the chat-templated prompt around the image placeholder into token ids."""
@@ -373,27 +243,11 @@ class LlavaAdapter:
             )
         if text is None:
             text = f"USER: <image>\n{question} ASSISTANT:"
-        image_token = getattr(self.processor, "image_token", None) or "<image>"
-        if text.count(image_token) != 1:
-            raise ValueError(f"chat template must contain exactly one {image_token!r} placeholder")
-        before, after = text.split(image_token)
-        prefix = self.tokenizer(before, add_special_tokens=True, return_tensors="pt").input_ids[0]
-        suffix = self.tokenizer(after, add_special_tokens=False, return_tensors="pt").input_ids[0]
-        return PromptParts(prefix.to(self.device), suffix.to(self.device))
+        return self._split_prompt(text, getattr(self.processor, "image_token", None) or "<image>")
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Embed token ids (n,) into (n, hidden)."""
         return self.embed_tokens(ids.to(self.device))
-
-    def assemble(
-        self, prompt: PromptParts, vision_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, slice]:
-        """Build ``[prefix, vision, suffix]`` embeddings (1, n, hidden) and the vision slice."""
-        prefix = self.embed_ids(prompt.prefix_ids)
-        suffix = self.embed_ids(prompt.suffix_ids)
-        embeds = torch.cat([prefix, vision_tokens.to(prefix.dtype), suffix], dim=0)[None]
-        start = prefix.shape[0]
-        return embeds, slice(start, start + vision_tokens.shape[0])
 
     # ------------------------------------------------------------------ LLM
     @torch.no_grad()

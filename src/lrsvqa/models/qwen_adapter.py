@@ -34,12 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from torch import nn
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
-    AutoModelForImageTextToText,
     AutoProcessor,
     AutoTokenizer,
     BatchFeature,
@@ -49,12 +45,12 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS
-from lrsvqa.errors import LrsvqaError, ModelLoadError
-from lrsvqa.models.adapter import PromptParts, VisionTokenOptions
-from lrsvqa.models.checkpoint import check_weight_files, resolve_checkpoint
+from lrsvqa.errors import OptionError
+from lrsvqa.models.adapter import VisionTokenOptions
+from lrsvqa.models.adapter_base import PromptParts, VisionLanguageAdapter
 from lrsvqa.models.deepstack import language_model_inputs, widen
+from lrsvqa.models.hf_compat import CACHE_KEYWORD
 from lrsvqa.models.layout import VisionSegment
-from lrsvqa.models.placement import DEFAULT_DEVICE, DEFAULT_DTYPE, load_kwargs, resolve_device
 
 QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 IMAGE_TOKEN = "<|image_pad|>"
@@ -157,7 +153,7 @@ def is_qwen_vl(config: Any) -> bool:
     return model_type in QWEN_MODEL_TYPES
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(VisionLanguageAdapter[QwenVLOptions]):
     """Uniform access to the vision tower, merger and LLM of a Qwen-VL model.
 
     Mirrors :class:`lrsvqa.models.adapter.LlavaAdapter`: a tile and the thumbnail both
@@ -173,22 +169,16 @@ class QwenVLAdapter:
         options: Tile size (default: the config's ``tile_size``, else 448 px).
     """
 
+    family = "Qwen-VL"
+    model_types = QWEN_MODEL_TYPES
+    vision_tower_name = "visual"  # the vision transformer with its patch merger
     uses_mrope = True
 
     def __init__(
         self, model: PreTrainedModel, processor, options: QwenVLOptions | None = None
     ) -> None:
-        if not is_qwen_vl(model.config):
-            raise ModelLoadError(
-                getattr(model.config, "_name_or_path", "") or "model",
-                f"model type {model.config.model_type!r} is not a supported Qwen-VL family "
-                f"({', '.join(QWEN_MODEL_TYPES)})",
-            )
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        super().__init__(model, processor)
         self.image_processor = processor.image_processor
-        self.config = model.config
         self.qwen_options = options or QwenVLOptions.from_config(model.config)
         vision = self.config.vision_config
         self.merge_size: int = vision.spatial_merge_size
@@ -206,39 +196,9 @@ class QwenVLAdapter:
         self.deepstack_layers: int = len(getattr(vision, "deepstack_visual_indexes", None) or ())
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        *,
-        dtype: str | torch.dtype = DEFAULT_DTYPE,
-        device: str | torch.device = DEFAULT_DEVICE,
-        attn_implementation: str | None = None,
-        device_map: str | dict[str, Any] | None = None,
-        options: QwenVLOptions | None = None,
-    ) -> QwenVLAdapter:
-        """Load a checkpoint (local folder or hub id) as :meth:`LlavaAdapter.from_pretrained`.
-
-        Raises:
-            ModelLoadError: Naming the folder, hub id or weight file at fault.
-        """
-        location = resolve_checkpoint(path)
-        if Path(location).is_dir():
-            check_weight_files(Path(location))
-        target = resolve_device(device)
-        try:
-            config = AutoConfig.from_pretrained(location, trust_remote_code=False)
-            processor = load_qwen_processor(location)
-            model = AutoModelForImageTextToText.from_pretrained(
-                location, **load_kwargs(config, dtype, target, attn_implementation, device_map)
-            )
-        except LrsvqaError:
-            raise
-        except (OSError, ValueError, KeyError, SafetensorError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelLoadError(
-                path, f"cannot load a Qwen-VL model ({type(error).__name__}: {first})"
-            ) from error
-        return cls(model if device_map is not None else model.to(target), processor, options)
+    def load_processor(cls, location: str | Path):
+        """The checkpoint's processor, built without torchvision where needed."""
+        return load_qwen_processor(location)
 
     def with_options(
         self,
@@ -250,12 +210,14 @@ class QwenVLAdapter:
         """The LLaVA token options do not apply: only their neutral values are accepted.
 
         Raises:
-            ValueError: Pooling or row-end tokens asked of a Qwen-VL model.
+            OptionError: Pooling or row-end tokens asked of a Qwen-VL model (a
+                ``ValueError``; the CLI reports it in one line).
         """
         if hr_pool not in (None, 1) or newline:
-            raise ValueError(
-                "Qwen-VL models merge 2 x 2 patches themselves and have no row-end tokens: "
-                "hr_pool and newline do not apply"
+            raise OptionError(
+                "hr_pool" if hr_pool not in (None, 1) else "newline",
+                "does not apply: Qwen-VL models merge 2 x 2 patches themselves and have no "
+                "row-end tokens",
             )
         return self
 
@@ -269,70 +231,9 @@ class QwenVLAdapter:
 
     # ------------------------------------------------------------------ modules
     @property
-    def device(self) -> torch.device:
-        """Device of the LLM weights."""
-        return self.embed_tokens.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Dtype of the LLM weights."""
-        return self.embed_tokens.weight.dtype
-
-    @property
-    def language_model(self) -> nn.Module:
-        """The bare decoder (``Qwen2VLTextModel``): layers, norm, M-RoPE rotary embedding."""
-        return self.model.model.language_model
-
-    @property
-    def decoder_layers(self) -> nn.ModuleList:
-        """The LLM's decoder layers."""
-        return self.language_model.layers
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        """The LLM's input embedding table."""
-        return self.model.get_input_embeddings()
-
-    @property
-    def image_newline(self) -> None:
-        """Qwen-VL has no row-end token."""
-        return None
-
-    @property
-    def vision_tower(self) -> nn.Module:
-        """The vision transformer with its patch merger."""
-        return self.model.model.visual
-
-    @property
-    def lm_head(self) -> nn.Module:
-        """The LLM's projection from hidden states to vocabulary logits."""
-        return self.model.get_output_embeddings()
-
-    @property
-    def eos_token_ids(self) -> set[int]:
-        """Token ids that end generation (from the generation config)."""
-        eos = self.model.generation_config.eos_token_id
-        return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
-    @property
-    def hidden_size(self) -> int:
-        """LLM hidden size."""
-        return self.config.text_config.hidden_size
-
-    @property
     def token_width(self) -> int:
         """Width of a vision token's row: the hidden size, times 1 + deepstack layers."""
         return self.hidden_size * (1 + self.deepstack_layers)
-
-    @property
-    def tokens_per_tile(self) -> int:
-        """LLM tokens of one tile (merged)."""
-        return self.tokens_per_side**2
-
-    @property
-    def thumbnail_tokens(self) -> int:
-        """LLM tokens of one view (thumbnail or tile: the same grid)."""
-        return self.encoder_tokens_per_side**2
 
     # ------------------------------------------------------------------ vision
     def pixel_values(self, tiles: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,10 +290,6 @@ class QwenVLAdapter:
         """No pooling beyond the model's own merger."""
         return features
 
-    def encode_hr_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
-        """Encode high-resolution tiles into the LLM's tokens (N, tokens_per_tile, hidden)."""
-        return self.encode_tiles(tiles)
-
     # ------------------------------------------------------------------ text
     def chat_text(self, question: str, images: int = 1) -> str:
         """The chat-templated prompt with ``images`` image placeholders, then the question."""
@@ -407,14 +304,8 @@ class QwenVLAdapter:
         The prefix ends with ``<|vision_start|>`` and the suffix starts with
         ``<|vision_end|>``, as the template writes them around the image.
         """
-        text = self.chat_text(question)
         image_token = getattr(self.processor, "image_token", None) or IMAGE_TOKEN
-        if text.count(image_token) != 1:
-            raise ValueError(f"chat template must contain exactly one {image_token!r} placeholder")
-        before, after = text.split(image_token)
-        prefix = self.tokenizer(before, add_special_tokens=True, return_tensors="pt").input_ids[0]
-        suffix = self.tokenizer(after, add_special_tokens=False, return_tensors="pt").input_ids[0]
-        return PromptParts(prefix.to(self.device), suffix.to(self.device))
+        return self._split_prompt(self.chat_text(question), image_token)
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Embed token ids (n,) into (n, token_width): zero deepstack columns for text."""
@@ -460,16 +351,6 @@ class QwenVLAdapter:
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size
             )
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
-
-    def assemble(
-        self, prompt: PromptParts, vision_tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, slice]:
-        """Build ``[prefix, vision, suffix]`` embeddings (1, n, hidden) and the vision slice."""
-        prefix = self.embed_ids(prompt.prefix_ids)
-        suffix = self.embed_ids(prompt.suffix_ids)
-        embeds = torch.cat([prefix, vision_tokens.to(prefix.dtype), suffix], dim=0)[None]
-        start = prefix.shape[0]
-        return embeds, slice(start, start + vision_tokens.shape[0])
 
     # ------------------------------------------------------------------ positions
     def position_ids(self, prompt: PromptParts, segments: Sequence[VisionSegment]) -> torch.Tensor:
@@ -541,7 +422,7 @@ class QwenVLAdapter:
             **self.language_model_inputs(inputs_embeds),
             attention_mask=torch.ones((1, n), dtype=torch.long, device=device),
             position_ids=position_ids,
-            cache=cache,
+            **{CACHE_KEYWORD: cache},
             use_cache=True,
         )
         generated: list[int] = []
@@ -555,7 +436,7 @@ class QwenVLAdapter:
                 inputs_embeds=self.embed_tokens(token),
                 attention_mask=torch.ones((1, n + step + 1), dtype=torch.long, device=device),
                 position_ids=_text_positions_after(position_ids, step),
-                cache=cache,
+                **{CACHE_KEYWORD: cache},
                 use_cache=True,
             )
         return self.tokenizer.decode(generated, skip_special_tokens=True).strip()

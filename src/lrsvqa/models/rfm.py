@@ -39,7 +39,6 @@ from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers.masking_utils import create_causal_mask
 
 from lrsvqa.errors import ModelLoadError
 from lrsvqa.models.adapter import LlavaAdapter
@@ -51,6 +50,7 @@ from lrsvqa.models.checkpoint import (
     model_identity,
 )
 from lrsvqa.models.deepstack import add_deepstack_between, split_deepstack
+from lrsvqa.models.hf_compat import causal_mask
 
 DEFAULT_RFM_LAYERS = (1, 5, 11, 14)
 OFFICIAL_STRUCTURE = "official"  # a leading copy of LLM layer 0, then the selected layers
@@ -241,13 +241,7 @@ class RegionFocusModule(
         order = torch.arange(n, device=inputs_embeds.device)[None].expand(batch, -1)
         rope = order if position_ids is None else position_ids
         position_embeddings = self._rotary_emb[0](inputs_embeds, rope)
-        mask = create_causal_mask(
-            config=self._text_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=None,
-            position_ids=order,
-        )
+        mask = causal_mask(self._text_config, inputs_embeds, attention_mask, order)
         return order, position_embeddings, mask
 
     def layer_inputs(

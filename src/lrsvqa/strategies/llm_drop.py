@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from transformers.masking_utils import create_causal_mask
 
 from lrsvqa.budgets import DEFAULT_MAX_NEW_TOKENS, check_drops, kept_after_drop
 from lrsvqa.models.adapter import LlavaAdapter
 from lrsvqa.models.attention import layer_attention_rows
 from lrsvqa.models.deepstack import add_deepstack, split_deepstack
+from lrsvqa.models.hf_compat import CACHE_KEYWORD, causal_mask
 
 
 @dataclass
@@ -83,13 +83,7 @@ class StagedDecoder:
     def _mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Causal mask over the current (possibly pruned) sequence, in index order."""
         order = torch.arange(hidden.shape[1], device=hidden.device)[None]
-        return create_causal_mask(
-            config=self.text_config,
-            inputs_embeds=hidden,
-            attention_mask=None,
-            cache=None,
-            position_ids=order,
-        )
+        return causal_mask(self.text_config, hidden, None, order)
 
     @staticmethod
     def _cut(rows: torch.Tensor, is_vision: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -154,7 +148,7 @@ class StagedDecoder:
                     hidden,
                     attention_mask=mask,
                     position_ids=positions,
-                    cache=cache,
+                    **{CACHE_KEYWORD: cache},
                     use_cache=True,
                     position_embeddings=embeddings,
                 )
@@ -192,7 +186,7 @@ class StagedDecoder:
                         hidden,
                         attention_mask=None,
                         position_ids=position,
-                        cache=cache,
+                        **{CACHE_KEYWORD: cache},
                         use_cache=True,
                         position_embeddings=embeddings,
                     )
