@@ -21,13 +21,9 @@ from pathlib import Path
 
 from lrsvqa.bench.datasets import BenchItem, load_lrs_vqa
 from lrsvqa.bench.scoring import score_record
+from lrsvqa.bench.templates import question_kind
 
 KIND_ORDER = ("category-unique", "scene-positional", "setting-qualified", "count")
-
-
-def _kind(record: dict) -> str:
-    """A question's reference kind, as ``synthetic_world.py`` reads it."""
-    return record.get("reference_kind", "count")
 
 
 def verdicts(answers: Path, items: dict[str, BenchItem]) -> dict[str, tuple[bool, bool | None]]:
@@ -55,7 +51,7 @@ def tables(questions: Path, answers: dict[str, Path], pairs: list[tuple[str, str
     """The markdown: accuracy by category, by reference kind (with recall), discordant pairs."""
     records = [json.loads(x) for x in questions.read_text().splitlines() if x.strip()]
     items = {item.question_id: item for item in load_lrs_vqa(questions)}
-    kind = {str(r["question_id"]): _kind(r) for r in records}
+    kind = {str(r["question_id"]): question_kind(r) for r in records}
     scored = {label: verdicts(path, items) for label, path in answers.items()}
     # Rows stopped early (a time limit) are compared on the questions every row answered.
     common = set.intersection(*(set(v) for v in scored.values()))

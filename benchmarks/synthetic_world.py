@@ -47,7 +47,7 @@ from rich.table import Table
 from lrsvqa.app.shipped import resolve_default_model
 from lrsvqa.bench.runner import EvalConfig, evaluate
 from lrsvqa.bench.scoring import RULES
-from lrsvqa.bench.templates import REFERENCE_KINDS, generate_questions
+from lrsvqa.bench.templates import QUESTION_KINDS, generate_questions, question_kind
 from lrsvqa.labels import LabeledObject
 from lrsvqa.models.auto import checkpoint_model_type
 from lrsvqa.models.qwen_adapter import is_qwen_vl
@@ -55,7 +55,6 @@ from lrsvqa.synthetic.world import generate_world
 from lrsvqa.types import write_lrsvqa_jsonl
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "synthetic_world"
-KINDS = (*REFERENCE_KINDS, "count")  # how a question finds its object; count names none
 CATEGORIES = (
     "object color",
     "object category",
@@ -65,11 +64,6 @@ CATEGORIES = (
     "object position",
     "count",
 )
-
-
-def _kind(record: dict) -> str:
-    """A question's reference kind; count questions name no object."""
-    return record.get("reference_kind", "count")
 
 
 def _round_robin(queues: list[list[dict]], limit: int) -> list[dict]:
@@ -85,16 +79,19 @@ def _round_robin(queues: list[list[dict]], limit: int) -> list[dict]:
 def sample_by_kind(per_scene: list[list[dict]], limit: int) -> list[dict]:
     """``limit`` questions, each kind an equal share, round-robin over the scenes.
 
-    Every reference kind and count gets ``limit // len(KINDS)`` (the first kinds one
+    Every reference kind and count gets ``limit // len(QUESTION_KINDS)`` (the first kinds one
     more for the remainder), so each is a quarter of the benchmark and can be scored on
     its own; a kind that the scenes cannot fill leaves its shortfall to the others.
     Within a scene, questions keep their template order, which alternates categories.
     """
-    queues = {kind: [[q for q in qs if _kind(q) == kind] for qs in per_scene] for kind in KINDS}
-    share, remainder = divmod(limit, len(KINDS))
+    queues = {
+        kind: [[q for q in qs if question_kind(q) == kind] for qs in per_scene]
+        for kind in QUESTION_KINDS
+    }
+    share, remainder = divmod(limit, len(QUESTION_KINDS))
     records = [
         record
-        for index, kind in enumerate(KINDS)
+        for index, kind in enumerate(QUESTION_KINDS)
         for record in _round_robin(queues[kind], share + (index < remainder))
     ]
     # The shortfall: scene by scene, the kinds in turn.
@@ -173,7 +170,7 @@ def main() -> None:
     world = args.out / "world" / "bench"
     questions = benchmark_questions(world, manifest, args.questions, args.seed)
     asked = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
-    console.print(f"{len(asked)} questions by kind: {dict(Counter(map(_kind, asked)))}")
+    console.print(f"{len(asked)} questions by kind: {dict(Counter(map(question_kind, asked)))}")
     console.print(f"by category: {dict(Counter(r['category'] for r in asked))}")
     model_dir = args.model or trained.model_dir
     rfm_dir = args.rfm or (trained.rfm_dir if args.model is None else None)
@@ -303,7 +300,7 @@ def by_reference_kind(questions: Path, outputs: dict[str, Path]) -> dict[str, di
     from lrsvqa.bench.reports import score_answers
 
     kind_of = {
-        json.loads(line)["question_id"]: _kind(json.loads(line))
+        json.loads(line)["question_id"]: question_kind(json.loads(line))
         for line in questions.read_text().splitlines()
         if line.strip()
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrsvqa.bench.templates import QUESTION_KINDS, REFERENCE_KINDS, question_kind
 from lrsvqa.imagery.pyramid import build_pyramid
 from lrsvqa.models.layout import tile_token_positions
 from lrsvqa.strategies.registry import strategy_entry
@@ -56,20 +57,20 @@ def test_questions_give_every_reference_kind_a_quarter() -> None:
         named = [
             {"id": f"{index}-{kind}-{n}", "reference_kind": kind}
             for n in range(6)
-            for kind in script.REFERENCE_KINDS
+            for kind in REFERENCE_KINDS
         ]
         return named + [{"id": f"{index}-count-{n}"} for n in range(counts)]
 
     per_scene = [scene(index, counts=5) for index in range(24)]
     records = script.sample_by_kind([list(qs) for qs in per_scene], 400)
-    assert Counter(map(script._kind, records)) == {kind: 100 for kind in script.KINDS}
+    assert Counter(map(question_kind, records)) == {kind: 100 for kind in QUESTION_KINDS}
     assert len({r["id"] for r in records}) == 400
     assert {r["id"].split("-")[0] for r in records} == {str(i) for i in range(24)}
     # 24 count questions in all: the other kinds share the shortfall
     scarce = script.sample_by_kind([scene(index, counts=1) for index in range(24)], 400)
-    kinds = Counter(map(script._kind, scarce))
+    kinds = Counter(map(question_kind, scarce))
     assert len(scarce) == 400 and kinds["count"] == 24
-    assert {kinds[kind] for kind in script.REFERENCE_KINDS} == {125, 126}
+    assert {kinds[kind] for kind in REFERENCE_KINDS} == {125, 126}
 
 
 def test_oracle_keeps_exactly_the_tokens_whose_ground_touches_the_box() -> None:

@@ -47,6 +47,8 @@ TEMPLATE_CATEGORIES = (
 )
 
 REFERENCE_KINDS = ("category-unique", "setting-qualified", "scene-positional")
+COUNT_KIND = "count"  # count questions name no object, so they are a kind of their own
+QUESTION_KINDS = (*REFERENCE_KINDS, COUNT_KIND)
 SETTING_JOIN = " in the "
 POSITION_KINDS = ("top-most", "bottom-most", "left-most", "right-most")
 # (axis, extreme is the minimum): y for top/bottom, x for left/right.
@@ -110,6 +112,11 @@ class UniqueReference:
         if SETTING_JOIN in self.noun:
             return "setting-qualified"
         return "category-unique" if self.kinds == ("only",) else "scene-positional"
+
+
+def question_kind(record: dict[str, Any]) -> str:
+    """How a template question finds its object: its ``reference_kind``, or count."""
+    return record.get("reference_kind", COUNT_KIND)
 
 
 def display_name(category: str) -> str:
