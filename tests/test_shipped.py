@@ -117,3 +117,21 @@ def test_the_wheel_carries_the_shipped_default(tmp_path: Path) -> None:
     prefix = "lrsvqa/app/shipped_default/"
     assert prefix + MANIFEST_NAME in names
     assert {prefix + name for name in manifest["files"]} <= names
+
+
+def test_build_default_seed_changes_only_the_training_seed(monkeypatch, tmp_path: Path) -> None:
+    """``--seed N`` builds the recipe with another training seed, hence another model hash."""
+    import lrsvqa.app.default_model as default_model
+
+    built: list[DefaultModelConfig] = []
+
+    def record(home, config, log):
+        built.append(config)
+        return default_model.DefaultModel(tmp_path, config.distill_key())
+
+    monkeypatch.setattr(default_model, "build_default_model", record)
+    result = CliRunner().invoke(app, ["build-default", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert built == [replace(DefaultModelConfig(), seed=3)]
+    assert built[0].sft_key() != DefaultModelConfig().sft_key()
+    assert built[0].world_options() == DefaultModelConfig().world_options()

@@ -747,6 +747,9 @@ def build_default(
     sft_steps: int | None = typer.Option(
         None, min=1, help="SFT steps instead of the recipe's (a shorter build; another hash)."
     ),
+    seed: int | None = typer.Option(
+        None, help="Training seed instead of the recipe's 0 (same scenes; another hash)."
+    ),
 ) -> None:
     """Retrain the embedded default from scratch with the code's recipe.
 
@@ -755,6 +758,8 @@ def build_default(
     OUT then holds what `lrsvqa demo` loads when it is copied to
     src/lrsvqa/app/shipped_default. `--architecture qwen2-vl` trains a tiny Qwen2-VL
     with the same recipe (retained tokens keep their 2-D positions; docs/qwen.md).
+    `--seed N` changes the training seed (initialisation, object placements, question
+    draws and batch order) but not the training scenes, to measure seed variance.
 
     Example: lrsvqa build-default --out outputs/default
     """
@@ -763,7 +768,7 @@ def build_default(
     from lrsvqa.app.default_model import DefaultModelConfig, build_default_model
     from lrsvqa.app.shipped import SMOKE_RECIPE, export_default
 
-    changes = {"architecture": architecture, "sft_steps": sft_steps}
+    changes = {"architecture": architecture, "sft_steps": sft_steps, "seed": seed}
     try:
         config = replace(
             SMOKE_RECIPE if smoke else DefaultModelConfig(),
