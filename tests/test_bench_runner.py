@@ -182,9 +182,11 @@ def test_run_answers_everything_and_records_bad_items(tmp_path):
     cfg = config(tmp_path, questions, output, strategy_options={"fail_on": "Question 5-2"})
     outcome = evaluate(cfg)
     records = read_answers(output)
-    assert [r["question_id"] for r in records] == [
-        item.question_id for item in load_benchmark("lrs-vqa", questions)
-    ]
+    items = load_benchmark("lrs-vqa", questions)
+    assert [r["question_id"] for r in records] == [item.question_id for item in items]
+    assert [
+        {k: r[k] for k in item.to_record()} for r, item in zip(records, items, strict=True)
+    ] == [item.to_record() for item in items]
     errors = {r["question_id"]: r["error"] for r in records if r["error"]}
     assert set(errors) == {"STAR_17", "BAD_1", "BAD_2", "BAD_3"}
     assert errors["STAR_17"] == "RuntimeError: model failed on purpose"

@@ -140,6 +140,11 @@ def test_task_folder_and_its_paper_rule_metrics_without_lmms_eval(tmp_path):
     ]
     assert task.doc_to_visual(docs[0]) == [str((tmp_path / "img" / "a.png").resolve())]
     assert task.doc_to_text(docs[1]) == "how many ship are there?"
+    # A doc is the item's record (the head of `lrsvqa eval`'s answer record) plus its path.
+    star = [item for item in load_benchmark("lrs-vqa", questions) if item.subset == "STAR"]
+    assert [{k: v for k, v in d.items() if k != "image_path"} for d in docs] == [
+        item.to_record() for item in star
+    ]
     predictions = ["Gray", "three", "2"]
     answers = [task.process_results(d, [p])["oa"] for d, p in zip(docs, predictions, strict=True)]
     expected = score_answers(answers, rule="paper").groups["STAR"].accuracies("paper")
@@ -200,7 +205,7 @@ def test_mme_task_folder_and_its_paper_rule_metrics_without_lmms_eval(tmp_path):
     docs = [json.loads(line) for line in part.read_text().splitlines()]
     items = load_benchmark("mme-rs", questions, prompt="paper")
     assert [task.doc_to_text(doc) for doc in docs] == [item.question for item in items]
-    assert "The best answer is" not in docs[0]["text"]
+    assert "The best answer is" not in docs[0]["question"]
     assert docs[0]["choices"] == list(items[0].choices) and docs[0]["ground_truth"] == "A"
     assert task.doc_to_visual(docs[2]) == [str((tmp_path / "remote_sensing/b.png").resolve())]
     # The paper rule reads "Best answer: C" as B (of "Best"), "white" as A, "" as A.
@@ -213,7 +218,7 @@ def test_mme_task_folder_and_its_paper_rule_metrics_without_lmms_eval(tmp_path):
     official = tmp_path / "official"
     task.write_tasks(questions, tmp_path, official, "mme", bench="mme-rs", prompt="official")
     line = (official / "mme_remote_sensing.jsonl").read_text().splitlines()[0]
-    assert json.loads(line)["text"].endswith("\nThe best answer is:")
+    assert json.loads(line)["question"].endswith("\nThe best answer is:")
 
 
 def test_the_task_writer_command_line_errors_in_one_line(tmp_path, capsys):

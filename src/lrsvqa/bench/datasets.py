@@ -80,6 +80,26 @@ class BenchItem:
         """Whether the item is scored by option letter rather than open-ended text."""
         return bool(self.choices)
 
+    def to_record(self) -> dict[str, Any]:
+        """The item as JSON fields: the head of an answer record and of an lmms-eval doc.
+
+        Both are written from this one place so they cannot drift apart in keys or
+        types; ``choices`` appears only for multiple-choice items, ``hbox`` is null
+        when the box is unknown.
+        """
+        record: dict[str, Any] = {
+            "question_id": self.question_id,
+            "subset": self.subset,
+            "category": self.category,
+            "image": self.image,
+            "question": self.question,
+            "ground_truth": self.ground_truth,
+        }
+        if self.choices:
+            record["choices"] = list(self.choices)
+        record["hbox"] = list(self.hbox) if self.hbox else None
+        return record
+
 
 #: Benchmarks ``lrsvqa eval --bench`` knows, with their question file's default
 #: name inside the data root.

@@ -198,17 +198,7 @@ def _answer(strategy: Strategy, item: BenchItem, prepared: Future[Any]) -> dict[
         result = strategy.answer(prepared.result(), item.question)
     except Exception as exc:  # one bad item must not stop the run
         error = f"{type(exc).__name__}: {exc}"
-    record: dict[str, Any] = {
-        "question_id": item.question_id,
-        "subset": item.subset,
-        "category": item.category,
-        "image": item.image,
-        "question": item.question,
-        "ground_truth": item.ground_truth,
-    }
-    if item.choices:
-        record["choices"] = list(item.choices)
-    record["hbox"] = list(item.hbox) if item.hbox else None
+    record = item.to_record()
     record["answer"] = result.answer if result else ""
     record["error"] = error
     record["seconds"] = round(time.perf_counter() - start, 4)

@@ -59,7 +59,7 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[str]:
 
 def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Any = None) -> str:
     """The question as ``lrsvqa eval`` asks it (a multiple-choice one with its options)."""
-    return doc["text"]
+    return doc["question"]
 
 
 def process_results(doc: Mapping[str, Any], results: Sequence[str]) -> dict[str, Any]:
@@ -169,16 +169,9 @@ def write_tasks(
     parts: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         doc = {
-            "question_id": item.question_id,
-            "image": item.image,
+            **item.to_record(),
             "image_path": str(resolve_image(Path(data_root), item.image).resolve()),
-            "text": item.question,
-            "ground_truth": item.ground_truth,
-            "category": item.category,
-            "subset": item.subset,
         }
-        if item.choices:
-            doc["choices"] = list(item.choices)
         parts.setdefault(item.subset, []).append(doc)
     tasks = []
     for subset, docs in parts.items():
