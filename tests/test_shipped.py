@@ -135,3 +135,36 @@ def test_build_default_seed_changes_only_the_training_seed(monkeypatch, tmp_path
     assert built == [replace(DefaultModelConfig(), seed=3)]
     assert built[0].sft_key() != DefaultModelConfig().sft_key()
     assert built[0].world_options() == DefaultModelConfig().world_options()
+
+
+def test_build_default_set_changes_recipe_fields_by_their_type(monkeypatch, tmp_path) -> None:
+    """``--set FIELD=VALUE`` reads each value by its field's type; bad ones are usage errors."""
+    import lrsvqa.app.default_model as default_model
+
+    built: list[DefaultModelConfig] = []
+
+    def record(home, config, log):
+        built.append(config)
+        return default_model.DefaultModel(tmp_path, config.distill_key())
+
+    monkeypatch.setattr(default_model, "build_default_model", record)
+    args = [
+        "build-default",
+        "--set",
+        "hidden_size=256,rfm_layers=0,3,5",
+        "--set",
+        "distill_lr=3e-4",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    wanted = replace(DefaultModelConfig(), hidden_size=256, rfm_layers=(0, 3, 5), distill_lr=3e-4)
+    assert built == [wanted] and wanted.sft_key() != DefaultModelConfig().sft_key()
+    for value, problem in [
+        ("width=2", "unknown recipe field 'width'"),
+        ("hidden_size=2.5", "'hidden_size' takes int, got '2.5'"),
+        ("rfm_layers=0,x", "'rfm_layers' takes ints"),
+        ("distill_pairs=0,0", "'distill_pairs' cannot be set"),
+    ]:
+        result = CliRunner().invoke(app, ["build-default", "--set", value])
+        assert result.exit_code == 2 and problem in " ".join(result.output.split()), value
+    assert len(built) == 1

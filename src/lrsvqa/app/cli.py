@@ -750,6 +750,11 @@ def build_default(
     seed: int | None = typer.Option(
         None, help="Training seed instead of the recipe's 0 (same scenes; another hash)."
     ),
+    recipe_set: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Change recipe fields, FIELD=VALUE (repeat or comma-separate; another hash).",
+    ),
 ) -> None:
     """Retrain the embedded default from scratch with the code's recipe.
 
@@ -760,12 +765,14 @@ def build_default(
     with the same recipe (retained tokens keep their 2-D positions; docs/qwen.md).
     `--seed N` changes the training seed (initialisation, object placements, question
     draws and batch order) but not the training scenes, to measure seed variance.
+    `--set FIELD=VALUE` changes any other scalar or int-tuple field of the recipe
+    (`DefaultModelConfig`), e.g. `--set hidden_size=256`.
 
     Example: lrsvqa build-default --out outputs/default
     """
     from dataclasses import replace
 
-    from lrsvqa.app.default_model import DefaultModelConfig, build_default_model
+    from lrsvqa.app.default_model import DefaultModelConfig, build_default_model, recipe_with
     from lrsvqa.app.shipped import SMOKE_RECIPE, export_default
 
     changes = {"architecture": architecture, "sft_steps": sft_steps, "seed": seed}
@@ -776,6 +783,10 @@ def build_default(
         )
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--architecture") from error
+    try:
+        config = recipe_with(config, _key_values(recipe_set, "--set"))
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--set") from error
     trained = build_default_model(out / "build" if out else None, config, log=typer.echo)
     typer.echo(f"model: {trained.model_dir}\nRFM: {trained.rfm_dir}")
     if out is not None:

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,35 @@ class DefaultModelConfig:
             "min_short_side": self.min_side,
             "extreme_every": 0,
         }
+
+
+def recipe_with(config: DefaultModelConfig, options: dict[str, str]) -> DefaultModelConfig:
+    """The recipe with some fields changed from their text (``build-default --set``).
+
+    Each value is read by the type of the field's value in ``config``: an int, a float,
+    a string or a tuple of ints (``rfm_layers=0,2,5``); fields holding pairs are not
+    settable this way.
+
+    Raises:
+        ValueError: An unknown field, a value of the wrong type, or a pair field.
+    """
+    current = asdict(config)
+    changes: dict[str, Any] = {}
+    for name, text in options.items():
+        if name not in current:
+            raise ValueError(f"unknown recipe field {name!r}; fields: {', '.join(current)}")
+        default = current[name]
+        if isinstance(default, tuple) and all(type(value) is int for value in default):
+            kind, read = "ints", lambda text: tuple(int(piece) for piece in text.split(","))
+        elif type(default) in (int, float, str):
+            kind, read = type(default).__name__, type(default)
+        else:
+            raise ValueError(f"recipe field {name!r} cannot be set from the command line")
+        try:
+            changes[name] = read(text)
+        except ValueError:
+            raise ValueError(f"recipe field {name!r} takes {kind}, got {text!r}") from None
+    return replace(config, **changes)
 
 
 @dataclass(frozen=True)
