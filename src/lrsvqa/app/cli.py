@@ -758,7 +758,7 @@ def build_default(
 ) -> None:
     """Retrain the embedded default from scratch with the code's recipe.
 
-    The full recipe takes about 80 minutes on 2 cores; an interrupted build resumes at
+    The full recipe takes 25-70 minutes on 2 cores, by machine; an interrupted build resumes at
     the stage it lost. The build cache is OUT/build (or $LRSVQA_HOME without --out);
     OUT then holds what `lrsvqa demo` loads when it is copied to
     src/lrsvqa/app/shipped_default. `--architecture qwen2-vl` trains a tiny Qwen2-VL
